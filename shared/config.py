@@ -1,0 +1,234 @@
+"""Every setting of the gateway, read once from the environment.
+
+``Config.from_env(os.environ)`` validates everything and raises ``ConfigError``
+naming the variable when a value is wrong. Code receives the frozen object;
+tests construct it with ``Config.from_env({...})`` or ``dataclasses.replace``.
+The README's configuration table lists exactly the variables in ``SETTINGS``
+(a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, unquote
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> "DatabaseUrl":
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
+            raise ValueError("must start with mysql://")
+        db = parts.path.lstrip("/")
+        if not db or "/" in db:
+            raise ValueError("must name a database: mysql://user:pass@host:port/db")
+        return cls(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                   user=unquote(parts.username or "root"), password=unquote(parts.password or ""),
+                   database=unquote(db))
+
+    def with_database(self, database: str) -> "DatabaseUrl":
+        return dataclasses.replace(self, database=database)
+
+    def __str__(self) -> str:  # never print the password
+        return f"mysql://{self.user}:***@{self.host}:{self.port}/{self.database}"
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _int(lo: int | None = None, hi: int | None = None):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if lo is not None and n < lo:
+            raise ValueError(f"must be at least {lo}")
+        if hi is not None and n > hi:
+            raise ValueError(f"must be at most {hi}")
+        return n
+    return parse
+
+
+def _float(lo: float = 0.0):
+    def parse(value: str) -> float:
+        try:
+            n = float(value)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not n >= lo:
+            raise ValueError(f"must be at least {lo}")
+        return n
+    return parse
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.strip().rstrip("/")
+
+
+def _http_urls(value: str) -> tuple[str, ...]:
+    urls = tuple(_http_url(u) for u in value.split(",") if u.strip())
+    if not urls:
+        raise ValueError("must name at least one URL")
+    if len(set(urls)) != len(urls):
+        raise ValueError("lists a URL twice")
+    return urls
+
+
+def _storage_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError("must be s3://bucket/prefix")
+    elif parts.scheme == "file":
+        if not parts.path:
+            raise ValueError("must be file:///absolute/path")
+    else:
+        raise ValueError("must be s3://bucket/prefix or file:///path")
+    return value
+
+
+def _database_url(value: str) -> DatabaseUrl:
+    return DatabaseUrl.parse(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    field: str
+    parse: object
+    default: object
+    doc: str
+
+
+def _state(*parts: str) -> str:
+    return str(PROJECT_ROOT.joinpath(".state", *parts))
+
+
+# (variable, field, parser, default, description): the README table mirrors this.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "database_url", _database_url, None,
+            "MySQL/MariaDB as mysql://user:pass@host:port/db. Unset: `gateway dev` and the tests start a private MariaDB."),
+    Setting("COMFYUI_URLS", "comfyui_urls", _http_urls, "http://127.0.0.1:8188",
+            "Comma-separated base URLs of the ComfyUI servers."),
+    Setting("STORAGE_URL", "storage_url", _storage_url, None,
+            "s3://bucket/prefix or file:///path. Default: file://<STATE_DIR>/storage."),
+    Setting("S3_ENDPOINT_URL", "s3_endpoint_url", _http_url, None,
+            "Endpoint of a non-AWS S3 API (MinIO, Tencent COS, Aliyun OSS, ...)."),
+    Setting("S3_REGION", "s3_region", _str, "us-east-1", "Region used to sign S3 requests (SigV4)."),
+    Setting("PUBLIC_BASE_URL", "public_base_url", _http_url, "http://127.0.0.1:8000",
+            "How apps reach this API; the base of local-storage links."),
+    Setting("SIGNED_URL_TTL", "signed_url_ttl", _int(60, 7 * 86400), 3600,
+            "Seconds a signed image URL stays valid."),
+    Setting("SECRET_KEY", "secret_key", _str, None,
+            "Signs tokens and local-storage URLs. `gateway serve` refuses to start without it; `gateway dev` makes one."),
+    Setting("TOKEN_TTL", "token_ttl", _int(60, 90 * 86400), 7 * 86400, "Seconds a login token stays valid."),
+    Setting("WORKFLOWS_DIR", "workflows_dir", _str, str(PROJECT_ROOT / "workflows"),
+            "Folder of workflow files (<name>.json)."),
+    Setting("DEV_LOGIN", "dev_login", _bool, False, "1 enables POST /v1/auth/dev (local development and demos only)."),
+    Setting("ADMIN_TOKEN", "admin_token", _str, None, "Bearer token of the operator endpoints (usage)."),
+    Setting("STATE_DIR", "state_dir", _str, _state(),
+            "Local state: the private database of `gateway dev`, local storage."),
+    Setting("COMFYUI_TIMEOUT", "comfyui_timeout", _float(0.1), 10.0,
+            "Seconds for one HTTP call to ComfyUI (connect and read)."),
+    Setting("OBJECT_INFO_TTL", "object_info_ttl", _int(0), 300,
+            "Seconds the choices from ComfyUI's /object_info are cached (enum_from)."),
+    Setting("PROGRESS_INTERVAL", "progress_interval", _float(0.0), 0.25,
+            "Minimum seconds between two progress writes of one job (coalescing)."),
+    Setting("PREVIEW_INTERVAL", "preview_interval", _float(0.0), 1.0,
+            "Minimum seconds between two stored previews of one job."),
+    Setting("HISTORY_RETRY_S", "history_retry_s", _float(0.0), 30.0,
+            "How long the listener keeps retrying /history/{id} after a job ends."),
+    Setting("RECONNECT_MAX_S", "reconnect_max_s", _float(0.1), 30.0,
+            "Upper bound of the listener's reconnect backoff, in seconds."),
+    Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
+)
+
+_SECRET_FIELDS = {"secret_key", "admin_token", "database_url"}
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: DatabaseUrl | None
+    comfyui_urls: tuple[str, ...]
+    storage_url: str
+    s3_endpoint_url: str | None
+    s3_region: str
+    public_base_url: str
+    signed_url_ttl: int
+    secret_key: str | None
+    token_ttl: int
+    workflows_dir: str
+    dev_login: bool
+    admin_token: str | None
+    state_dir: str
+    comfyui_timeout: float
+    object_info_ttl: int
+    progress_interval: float
+    preview_interval: float
+    history_retry_s: float
+    reconnect_max_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ=None) -> "Config":
+        """Build and validate the config from environment variables."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for s in SETTINGS:
+            raw = environ.get(s.env)
+            if raw is None or raw == "":
+                values[s.field] = s.default if not isinstance(s.default, str) or s.parse is _str \
+                    else s.parse(s.default)
+                continue
+            try:
+                values[s.field] = s.parse(raw)
+            except ValueError as e:
+                raise ConfigError(f"{s.env}: {e}") from None
+        if values["storage_url"] is None:
+            values["storage_url"] = Path(values["state_dir"], "storage").resolve().as_uri()
+        if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError("LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return cls(**values)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def require_secret_key(self) -> str:
+        if not self.secret_key or len(self.secret_key) < 16:
+            raise ConfigError("SECRET_KEY: must be set to a random string of at least 16 characters")
+        return self.secret_key
+
+    def __repr__(self) -> str:
+        shown = {f.name: ("***" if f.name in _SECRET_FIELDS and getattr(self, f.name) else getattr(self, f.name))
+                 for f in dataclasses.fields(self)}
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
