@@ -170,6 +170,18 @@ SETTINGS: tuple[Setting, ...] = (
             "How long the listener keeps retrying /history/{id} after a job ends."),
     Setting("RECONNECT_MAX_S", "reconnect_max_s", _float(0.1), 30.0,
             "Upper bound of the listener's reconnect backoff, in seconds."),
+    Setting("RECONCILE_INTERVAL_S", "reconcile_interval_s", _float(0.1), 5.0,
+            "Seconds between two reconciliations of a backend's active jobs with ComfyUI."),
+    Setting("WATCHDOG_S", "watchdog_s", _float(1.0), 60.0,
+            "A socket silent this long while its backend has running work is reconnected."),
+    Setting("LEASE_S", "lease_s", _float(1.0), 10.0,
+            "Seconds a listener's ownership of a backend lasts without renewal (failover time)."),
+    Setting("QUEUE_TIMEOUT_S", "queue_timeout_s", _float(1.0), 3600.0,
+            "A job still queued after this many seconds is removed from ComfyUI and fails with `timeout`."),
+    Setting("RUN_TIMEOUT_S", "run_timeout_s", _float(1.0), 600.0,
+            "Default run-time limit of a job (a workflow's `timeout_s` overrides it)."),
+    Setting("OUTPUT_COPY_DEADLINE_S", "output_copy_deadline_s", _float(0.0), 120.0,
+            "How long copying a job's images into storage is retried before it fails with `output_copy_failed`."),
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
@@ -197,6 +209,12 @@ class Config:
     preview_interval: float
     history_retry_s: float
     reconnect_max_s: float
+    reconcile_interval_s: float
+    watchdog_s: float
+    lease_s: float
+    queue_timeout_s: float
+    run_timeout_s: float
+    output_copy_deadline_s: float
     log_level: str
 
     @classmethod

@@ -1,0 +1,39 @@
+"""GET /v1/jobs/{id}: the job object, with an ETag (304 when unchanged)."""
+
+import time
+
+from shared import jobs
+from shared.auth import authenticate
+from shared.errors import NotFoundError
+from shared.http import Response, json_response, lambda_handler
+
+
+def render(ctx, row: dict) -> dict:
+    """The contract's job object for a row, with a freshly signed preview URL."""
+    wf = ctx.workflows.get(row["workflow"])
+    preview = None
+    if row["status"] == "running" and row["preview_key"]:
+        preview, _ = ctx.store.signed_url(row["preview_key"], ctx.config.signed_url_ttl)
+    return jobs.job_object(row, node_title=wf.node_title if wf else None, preview_url=preview)
+
+
+def etag(ctx, row: dict) -> str:
+    # A preview URL is re-signed every half TTL, so the tag changes before an app's copy expires.
+    window = int(time.time() // max(ctx.config.signed_url_ttl // 2, 1)) if row["preview_key"] else 0
+    return f'"{row["id"][:8]}-{row["version"]}-{row["ahead"] or 0}-{window}"'
+
+
+def get_status(ctx, req):
+    user_id = authenticate(ctx, req)
+    with ctx.db.connection() as conn:
+        row = jobs.get_job(conn, req.path_params.get("id", ""), user_id)
+    if row is None:
+        raise NotFoundError("no such job")
+    tag = etag(ctx, row)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if tag in [t.strip() for t in (req.header("if-none-match") or "").split(",")]:
+        return Response(status=304, headers=headers)
+    return json_response(200, {"job": render(ctx, row)}, headers)
+
+
+handler = lambda_handler(get_status)

@@ -1,0 +1,231 @@
+"""One ComfyUI server's socket: own it, connect, read, dispatch, reconnect.
+
+Each connection uses a fresh clientId (never reuse one an older socket may
+still hold, see the ComfyUI facts) and publishes it on the backend row, so new
+submissions are routed to this socket. Jobs submitted under an earlier id get
+no more events; reconciliation tracks them by polling until they are final.
+Ownership of a backend is a lease in MySQL: one listener at a time serves it,
+another takes over when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import websocket
+
+from listener import protocol
+from listener.finalize import HistoryPendingError, finalize
+from listener.reconcile import enforce_timeouts, reconcile
+from listener.tracker import Tracker
+from shared import backends, jobs
+from shared.comfy import ComfyError, ws_url
+from shared.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLostError(Exception):
+    """Another listener owns this backend now."""
+
+
+class BackendWorker(threading.Thread):
+    def __init__(self, ctx, url: str, owner: str, stop: threading.Event, executor: ThreadPoolExecutor):
+        super().__init__(name=f"backend {url}", daemon=True)
+        self.ctx = ctx
+        self.cfg = ctx.config
+        self.url = url
+        self.owner = owner
+        self.stopping = stop
+        self.executor = executor
+        self.comfy = ctx.comfy(url)
+        self.backend_id: int | None = None
+        self.client_id: str | None = None
+        self.ws = None
+        self._finalizing: set[str] = set()
+        self._final_lock = threading.Lock()
+        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0}
+
+    # -- the outer loop: own, connect, serve, back off ------------------------
+    def run(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                if self.backend_id is None:
+                    with self.ctx.db.connection() as conn:
+                        self.backend_id = backends.ensure_backend(conn, self.url)
+                if not self._renew_lease():
+                    self.stopping.wait(self.cfg.lease_s / 3)
+                    continue
+                self._serve()
+                delay = 0.5
+            except LeaseLostError:
+                log.warning("%s: another listener took over", self.url)
+            except DatabaseUnavailableError:
+                log.warning("%s: database unavailable; retrying", self.url)
+            except (websocket.WebSocketException, OSError, ComfyError) as e:
+                log.warning("%s: connection problem: %s", self.url, e)
+            except Exception:
+                log.exception("%s: unexpected error in the listener loop", self.url)
+            finally:
+                self._disconnect()
+            if not self.stopping.is_set():
+                self.stats["reconnects"] += 1
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+        self._release()
+
+    def _renew_lease(self) -> bool:
+        with self.ctx.db.connection() as conn:
+            return backends.acquire_lease(conn, self.backend_id, self.owner, self.cfg.lease_s)
+
+    def _release(self) -> None:
+        try:
+            with self.ctx.db.connection() as conn:
+                backends.release_lease(conn, self.backend_id, self.owner)
+        except Exception as e:
+            log.warning("%s: could not release the lease: %s", self.url, e)
+
+    def _disconnect(self) -> None:
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except Exception:
+                pass
+        if self.client_id and self.backend_id is not None:
+            try:
+                with self.ctx.db.connection() as conn:
+                    backends.set_connected(conn, self.backend_id, self.owner, None)
+            except Exception:
+                pass
+        self.client_id = None
+
+    # -- one connection ----------------------------------------------------------------
+    def _serve(self) -> None:
+        client_id = uuid.uuid4().hex
+        self.ws = websocket.create_connection(ws_url(self.url, client_id), timeout=self.cfg.comfyui_timeout,
+                                              enable_multithread=True)
+        self.ws.send('{"type": "feature_flags", "data": {"supports_preview_metadata": true}}')
+        self.client_id = client_id
+        with self.ctx.db.connection() as conn:
+            if not backends.set_connected(conn, self.backend_id, self.owner, client_id):
+                raise LeaseLostError()
+        log.info("%s: connected as %s", self.url, client_id)
+        tracker = Tracker(self.ctx, self.backend_id, self._schedule_finalize)
+        self._reconcile()
+        self.ws.settimeout(0.5)
+        now = time.monotonic()
+        last_frame = last_lease = last_reconcile = now
+        while not self.stopping.is_set():
+            try:
+                opcode, data = self.ws.recv_data()
+            except websocket.WebSocketTimeoutException:
+                opcode, data = None, None
+            now = time.monotonic()
+            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                last_frame = now
+                self.stats["frames"] += 1
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    data = data.decode("utf-8", errors="replace")
+                event = protocol.parse_frame(data)
+                if isinstance(event, protocol.Ignored):
+                    self.stats["ignored"] += 1
+                    log.debug("%s: skipped a frame: %s", self.url, event.reason)
+                else:
+                    self._dispatch(tracker, event)
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise websocket.WebSocketConnectionClosedException("closed by the server")
+            if now - last_lease >= self.cfg.lease_s / 3:
+                if not self._renew_lease():
+                    raise LeaseLostError()
+                last_lease = now
+            if now - last_reconcile >= self.cfg.reconcile_interval_s:
+                self._reconcile()
+                last_reconcile = now
+            if now - last_frame >= self.cfg.watchdog_s and self._has_running_work():
+                raise websocket.WebSocketTimeoutException(f"no frame for {self.cfg.watchdog_s:.0f}s while busy")
+
+    def _dispatch(self, tracker: Tracker, event) -> None:
+        try:
+            tracker.handle(event)
+        except DatabaseUnavailableError:
+            # The socket stays; the missed write is recovered by reconciliation.
+            log.warning("%s: database unavailable while applying %s", self.url, type(event).__name__)
+
+    def _has_running_work(self) -> bool:
+        with self.ctx.db.connection() as conn:
+            return any(j["status"] == "running" for j in jobs.jobs_on_backend(conn, self.backend_id, ("running",)))
+
+    def _reconcile(self) -> None:
+        backend = {"id": self.backend_id, "url": self.url}
+        try:
+            reconcile(self.ctx, backend, self.comfy, self.client_id,
+                      submit_grace_s=2 * self.cfg.comfyui_timeout + 5, finalize_job=self._finalize_entry)
+            enforce_timeouts(self.ctx, backend, self.comfy, queue_timeout_s=self.cfg.queue_timeout_s,
+                             default_run_timeout_s=self.cfg.run_timeout_s)
+        except ComfyError as e:
+            log.warning("%s: reconciliation skipped: %s", self.url, e)
+
+    # -- finalization, off the socket loop ---------------------------------------------------
+    def _schedule_finalize(self, job_id: str, reason: str, entry: dict | None = None) -> None:
+        with self._final_lock:
+            if job_id in self._finalizing:
+                return
+            self._finalizing.add(job_id)
+        self.executor.submit(self._run_finalize, job_id, entry)
+
+    def _finalize_entry(self, job_id: str, entry: dict) -> None:
+        self._schedule_finalize(job_id, "reconcile", entry)
+
+    def _run_finalize(self, job_id: str, entry: dict | None) -> None:
+        try:
+            finalize(self.ctx, job_id, comfy=self.comfy, backend_url=self.url, entry=entry,
+                     copy_deadline_s=self.cfg.output_copy_deadline_s)
+        except HistoryPendingError:
+            log.warning("job %s: no history yet; reconciliation will retry", job_id)
+        except Exception:
+            log.exception("job %s: finalization failed; reconciliation will retry", job_id)
+        finally:
+            with self._final_lock:
+                self._finalizing.discard(job_id)
+
+
+class Listener:
+    """Serves every backend in COMFYUI_URLS, one thread each."""
+
+    def __init__(self, ctx, *, owner: str | None = None):
+        import os
+        import socket
+        self.ctx = ctx
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop_event = threading.Event()
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finalize")
+        self.workers = [BackendWorker(ctx, url, self.owner, self.stop_event, self.executor)
+                        for url in ctx.config.comfyui_urls]
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        for w in self.workers:
+            w.join(timeout)
+        self.executor.shutdown(wait=True, cancel_futures=False)
+
+    def run_forever(self) -> None:
+        import signal
+        self.start()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        try:
+            while not self.stop_event.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()

@@ -1,0 +1,203 @@
+"""Finish a job from ComfyUI's history: copy its images, record outputs and usage.
+
+Idempotent: the final transaction (outputs, state, usage record) is all or
+nothing and every statement in it is conditional or keyed, so running it twice
+changes nothing. Images are written under deterministic keys before that
+transaction, so a crash in between leaves objects that the rerun overwrites and
+nothing half-written referenced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shared import jobs
+from shared.comfy import ComfyError, ComfyNotFoundError
+from shared.images import HeadCapture, sniff
+from shared.usage import graph_steps, record_usage
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+
+class HistoryPendingError(Exception):
+    """ComfyUI has no history for the prompt yet (or any more)."""
+
+
+class OutputCopyError(Exception):
+    """An output could not be copied into object storage."""
+
+
+def output_key(job: dict, node_id: str, index: int, content_type: str) -> str:
+    """The deterministic object key of one output image."""
+    ext = EXTENSIONS.get(content_type, ".png")
+    return f"users/{job['user_id']}/jobs/{job['id']}/{node_id}_{index}{ext}"
+
+
+def preview_key(job: dict, content_type: str) -> str:
+    return f"users/{job['user_id']}/jobs/{job['id']}/preview{EXTENSIONS.get(content_type, '.jpg')}"
+
+
+def saved_images(entry: dict) -> list[tuple[str, int, dict]]:
+    """(node_id, index, image ref) of every saved output (type "output"), in node order."""
+    out = []
+    outputs = entry.get("outputs") or {}
+    for node_id in sorted(outputs, key=jobs.node_order):
+        images = [i for i in (outputs[node_id] or {}).get("images") or []
+                  if isinstance(i, dict) and i.get("type") == "output" and i.get("filename")]
+        out += [(node_id, idx, img) for idx, img in enumerate(images)]
+    return out
+
+
+def _messages(entry: dict) -> dict:
+    found = {}
+    for item in (entry.get("status") or {}).get("messages") or []:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict):
+            found.setdefault(item[0], item[1])
+    return found
+
+
+def outcome(entry: dict) -> str:
+    """'succeeded', 'failed' or 'cancelled', read from a history entry's status."""
+    msgs = _messages(entry)
+    if "execution_interrupted" in msgs:
+        return "cancelled"
+    status = entry.get("status") or {}
+    if status.get("status_str") == "error" or "execution_error" in msgs:
+        return "failed"
+    return "succeeded"
+
+
+def fetch_history(comfy, prompt_id: str, *, wait_s: float, sleep=time.sleep) -> dict:
+    """Read /history/{id}, retrying with backoff for up to wait_s (history may lag the event)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            entry = comfy.history(prompt_id)
+        except ComfyError as e:
+            entry = None
+            log.warning("job %s: /history failed: %s", prompt_id, e)
+        if entry is not None and (entry.get("status") or {}).get("completed") is not None:
+            return entry
+        if entry is not None and entry.get("outputs") is not None and entry.get("status"):
+            return entry
+        if time.monotonic() + delay > deadline:
+            raise HistoryPendingError(prompt_id)
+        sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def copy_output(comfy, store, job: dict, node_id: str, index: int, image: dict) -> dict:
+    """Stream one image from ComfyUI's /view into object storage; return its output record."""
+    with comfy.view(image["filename"], image.get("subfolder") or "", image.get("type") or "output") as (raw, ctype, _):
+        capture = HeadCapture(raw)
+        # The key's extension follows the declared type; the record keeps what the bytes really are.
+        declared = ctype.split(";")[0].strip().lower()
+        key = output_key(job, node_id, index, declared)
+        store.put_stream(key, capture, declared if declared in EXTENSIONS else "image/png")
+    sniffed = sniff(bytes(capture.head))
+    content_type, width, height = sniffed if sniffed else (declared, None, None)
+    return {"node_id": node_id, "index": index, "key": key, "content_type": content_type,
+            "size": capture.total, "width": width, "height": height}
+
+
+def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=time.sleep) -> list[dict]:
+    """Copy every image, retrying failures with backoff until deadline_s; raise OutputCopyError after."""
+    deadline = time.monotonic() + deadline_s
+    records = []
+    for node_id, index, image in images:
+        delay = 0.2
+        while True:
+            try:
+                records.append(copy_output(comfy, store, job, node_id, index, image))
+                break
+            except ComfyNotFoundError as e:
+                raise OutputCopyError(f"ComfyUI no longer has {image['filename']}") from e
+            except Exception as e:  # ComfyUI or storage trouble: retry until the deadline
+                if time.monotonic() + delay > deadline:
+                    raise OutputCopyError(f"could not store {image['filename']}: {e}") from e
+                log.warning("job %s: copying %s failed (%s); retrying", job["id"], image["filename"], e)
+                sleep(delay)
+                delay = min(delay * 2, 5.0)
+    return records
+
+
+def _timing(entry: dict) -> tuple[float, float]:
+    msgs = _messages(entry)
+    start = (msgs.get("execution_start") or {}).get("timestamp")
+    end = None
+    for name in ("execution_success", "execution_error", "execution_interrupted"):
+        if name in msgs and msgs[name].get("timestamp"):
+            end = msgs[name]["timestamp"]
+    prompt = entry.get("prompt") or []
+    created = prompt[3].get("create_time") if len(prompt) > 3 and isinstance(prompt[3], dict) else None
+    gpu = (end - start) / 1000.0 if start and end else 0.0
+    queue = (start - created) / 1000.0 if start and created else 0.0
+    return gpu, queue
+
+
+def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0) -> bool:
+    """Write the usage record of a final job (no-op if it exists or the job is not final)."""
+    job = jobs.get_job(conn, job_id)
+    if job is None or job["status"] not in jobs.FINAL:
+        return False
+    outputs = jobs.list_outputs(conn, job_id) if job["status"] == "succeeded" else []
+    megapixels = sum((o["width"] or 0) * (o["height"] or 0) for o in outputs) / 1e6
+    if queue_seconds == 0.0 and job["started_at"] and job["submitted_at"]:
+        queue_seconds = (job["started_at"] - job["submitted_at"]).total_seconds()
+    return record_usage(conn, job, images=len(outputs), megapixels=megapixels,
+                        steps=graph_steps(job["prompt"]) if job["status"] == "succeeded" else 0,
+                        gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, backend_url=backend_url)
+
+
+def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = None,
+             history_wait_s: float | None = None, copy_deadline_s: float = 120.0) -> str:
+    """Bring a job to its final state from its history entry; return the resulting status.
+
+    Raises HistoryPendingError when ComfyUI has no history for it yet.
+    """
+    with ctx.db.connection() as conn:
+        job = jobs.get_job(conn, job_id)
+    if job is None:
+        return "unknown"
+    if job["status"] in jobs.FINAL:
+        with ctx.db.transaction() as conn:
+            write_usage(conn, job_id, backend_url)
+        return job["status"]
+    if entry is None:
+        wait = ctx.config.history_retry_s if history_wait_s is None else history_wait_s
+        entry = fetch_history(comfy, job_id, wait_s=wait)
+    result = outcome(entry)
+    gpu, queue = _timing(entry)
+    if result == "succeeded":
+        try:
+            records = copy_outputs(comfy, ctx.store, job, saved_images(entry), deadline_s=copy_deadline_s)
+        except OutputCopyError as e:
+            log.error("job %s: %s", job_id, e)
+            with ctx.db.transaction() as conn:
+                jobs.mark_failed(conn, job_id, code="output_copy_failed", message=str(e))
+                write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+            return "failed"
+        with ctx.db.transaction() as conn:
+            for r in records:
+                jobs.add_output(conn, job_id=job_id, node_id=r["node_id"], index=r["index"], key=r["key"],
+                                content_type=r["content_type"], size=r["size"], width=r["width"], height=r["height"])
+            changed = jobs.mark_succeeded(conn, job_id)
+            write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+        if changed:
+            log.info("job %s: succeeded with %d image(s)", job_id, len(records))
+        return "succeeded"
+    with ctx.db.transaction() as conn:
+        if result == "cancelled":
+            jobs.mark_cancelled(conn, job_id)
+        else:
+            err = _messages(entry).get("execution_error") or {}
+            jobs.mark_failed(conn, job_id, code="execution_error",
+                             message=(err.get("exception_message") or "ComfyUI reported an error").strip(),
+                             node_id=err.get("node_id"), node_type=err.get("node_type"))
+        write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+    log.info("job %s: %s", job_id, result)
+    return result

@@ -1,0 +1,189 @@
+"""The `gateway` command: migrate, serve, listen, dev.
+
+    gateway migrate                 apply the missing sql/ files
+    gateway serve [--bind H:P] [--workers N]   the HTTP API under gunicorn
+    gateway listen                  the ComfyUI listener (one process for every backend)
+    gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.config import Config, ConfigError, PROJECT_ROOT
+
+log = logging.getLogger("gateway")
+
+
+def _config() -> Config:
+    try:
+        return Config.from_env()
+    except ConfigError as e:
+        sys.exit(f"gateway: configuration error: {e}")
+
+
+def _logging(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_migrate(args) -> int:
+    cfg = _config()
+    _logging(cfg)
+    if cfg.database_url is None:
+        sys.exit("gateway: configuration error: DATABASE_URL: must be set for `gateway migrate`")
+    from shared.db import connect
+    from shared.migrate import migrate
+    conn = connect(cfg.database_url)
+    try:
+        applied = migrate(conn)
+    finally:
+        conn.close()
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def _check_startup(cfg: Config) -> None:
+    """Refuse to start with a config that cannot work, naming what is wrong."""
+    try:
+        cfg.require_secret_key()
+    except ConfigError as e:
+        sys.exit(f"gateway: configuration error: {e}")
+    if cfg.database_url is None:
+        sys.exit("gateway: configuration error: DATABASE_URL: must be set (only `gateway dev` starts a database)")
+    from shared.workflows import load_workflows
+    workflows, problems = load_workflows(cfg.workflows_dir)
+    for problem in problems:
+        log.error("workflow not loaded: %s", problem)
+    if not workflows:
+        log.warning("no workflows loaded from %s", cfg.workflows_dir)
+
+
+def cmd_serve(args) -> int:
+    cfg = _config()
+    _logging(cfg)
+    _check_startup(cfg)
+    from gunicorn.app.base import BaseApplication
+
+    from functions.app import create_app
+
+    class App(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", [args.bind])
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("accesslog", "-" if args.access_log else None)
+
+        def load(self):
+            return create_app()
+
+    App().run()
+    return 0
+
+
+def cmd_listen(args) -> int:
+    cfg = _config()
+    _logging(cfg)
+    _check_startup(cfg)
+    from listener.connection import Listener
+    from shared.context import Context
+    Listener(Context(cfg)).run_forever()
+    return 0
+
+
+def _dev_secret(state_dir: Path) -> str:
+    path = state_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def cmd_dev(args) -> int:
+    cfg = _config()
+    _logging(cfg)
+    state = Path(cfg.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DEV_LOGIN", "1")
+    env.setdefault("PUBLIC_BASE_URL", f"http://{args.bind}")
+    if not cfg.secret_key:
+        env["SECRET_KEY"] = _dev_secret(state)
+    procs: list[subprocess.Popen] = []
+    local_db = None
+    try:
+        if cfg.database_url is None:
+            from shared.localdb import LocalDatabase, LocalDatabaseError
+            local_db = LocalDatabase(state / "mysql")
+            try:
+                url = local_db.start()
+            except LocalDatabaseError as e:
+                sys.exit(f"gateway dev: {e}")
+            env["DATABASE_URL"] = f"mysql://root:@{url.host}:{url.port}/{url.database}"
+        if args.fake_comfyui:
+            env["COMFYUI_URLS"] = "http://127.0.0.1:8188"
+            procs.append(subprocess.Popen([sys.executable, "-m", "tests.fakes.comfyui", "--port", "8188",
+                                           "--step-delay", "0.1"], env=env, cwd=PROJECT_ROOT))
+        gateway = [sys.executable, "-m", "shared.cli"]
+        subprocess.run([*gateway, "migrate"], env=env, check=True)
+        procs.append(subprocess.Popen([*gateway, "serve", "--bind", args.bind, "--workers", "2", "--access-log"],
+                                      env=env))
+        procs.append(subprocess.Popen([*gateway, "listen"], env=env))
+        print(f"gateway dev: API on http://{args.bind} (try: curl -X POST http://{args.bind}/v1/auth/dev "
+              f"-H 'Content-Type: application/json' -d '{{\"user\": \"alice\"}}'); Ctrl-C stops everything",
+              flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except subprocess.CalledProcessError as e:
+        print(f"gateway dev: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if local_db is not None:
+            local_db.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="ComfyUI gateway for mobile apps")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply the missing schema files").set_defaults(func=cmd_migrate)
+    serve = sub.add_parser("serve", help="run the HTTP API under gunicorn")
+    serve.add_argument("--bind", default="127.0.0.1:8000")
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("listen", help="run the ComfyUI listener").set_defaults(func=cmd_listen)
+    dev = sub.add_parser("dev", help="migrate, then API and listener together")
+    dev.add_argument("--bind", default="127.0.0.1:8000")
+    dev.add_argument("--fake-comfyui", action="store_true", help="also start the test suite's fake ComfyUI on :8188")
+    dev.set_defaults(func=cmd_dev)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

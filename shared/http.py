@@ -1,0 +1,138 @@
+"""The small request/response pair every function core speaks, and both doors.
+
+A core is ``core(ctx, req) -> Response``. ``from_lambda_event`` builds a
+``Request`` from an API Gateway HTTP API (payload 2.0) event and ``to_lambda``
+renders a ``Response`` back; ``functions/app.py`` does the same for Flask.
+``run`` is the one place that turns exceptions into the contract's errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from shared.errors import (ApiError, InvalidJsonError, PayloadTooLargeError, UnauthorizedError,
+                           render_error)
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 256 * 1024
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    path_params: dict = field(default_factory=dict)
+    query: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    source_ip: str = ""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+    def json(self) -> dict:
+        """Parse the body as a JSON object, or raise the contract's 400/413."""
+        if len(self.body) > MAX_JSON_BODY:
+            raise PayloadTooLargeError(f"request body is over {MAX_JSON_BODY} bytes")
+        ctype = (self.header("content-type") or "application/json").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise InvalidJsonError("Content-Type must be application/json")
+        try:
+            data = json.loads(self.body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidJsonError() from None
+        if not isinstance(data, dict):
+            raise InvalidJsonError("request body must be a JSON object")
+        return data
+
+    def bearer(self) -> str:
+        """The bearer token, or 401."""
+        auth = self.header("authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError("missing bearer token")
+        return token.strip()
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict | bytes | None = None
+    headers: dict = field(default_factory=dict)
+    content_type: str = "application/json"
+    stream: object = None  # a file-like object for large bodies (local file downloads)
+
+    def body_bytes(self) -> bytes:
+        if self.stream is not None:
+            try:
+                return self.stream.read()
+            finally:
+                self.stream.close()
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes):
+            return self.body
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def json_response(status: int, body: dict, headers: dict | None = None) -> Response:
+    return Response(status=status, body=body, headers=dict(headers or {}))
+
+
+def check_fields(data: dict, allowed: set[str]) -> None:
+    """Reject unknown fields in a request object (the contract says 400)."""
+    from shared.errors import InvalidParamsError
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InvalidParamsError(f"unknown field: {unknown[0]}", details={k: "unknown field" for k in unknown})
+
+
+def run(core, ctx_factory, req: Request) -> Response:
+    """Call a core and turn any exception into the contract's error response."""
+    try:
+        return core(ctx_factory(), req)
+    except Exception as exc:  # the one place errors are rendered
+        if not isinstance(exc, ApiError):
+            log.error("unhandled error in %s %s", req.method, req.path, exc_info=exc)
+            exc = ApiError()
+        status, headers, body = render_error(exc)
+        return Response(status=status, body=body, headers=headers)
+
+
+def from_lambda_event(event: dict) -> Request:
+    """Build a Request from an API Gateway HTTP API payload 2.0 event."""
+    http = event.get("requestContext", {}).get("http", {})
+    body = event.get("body") or ""
+    raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8")
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    query = dict(parse_qsl(event.get("rawQueryString") or "", keep_blank_values=True))
+    return Request(method=http.get("method", "GET").upper(), path=event.get("rawPath") or http.get("path", "/"),
+                   path_params=dict(event.get("pathParameters") or {}), query=query, headers=headers,
+                   body=raw, source_ip=http.get("sourceIp", ""))
+
+
+def to_lambda(resp: Response) -> dict:
+    """Render a Response as an API Gateway HTTP API payload 2.0 result."""
+    data = resp.body_bytes()
+    headers = dict(resp.headers)
+    if data or resp.status != 304:
+        headers.setdefault("Content-Type", resp.content_type)
+    textual = resp.content_type.startswith(("application/json", "text/"))
+    return {"statusCode": resp.status, "headers": headers,
+            "body": data.decode("utf-8") if textual else base64.b64encode(data).decode("ascii"),
+            "isBase64Encoded": not textual}
+
+
+def lambda_handler(core):
+    """Make a Lambda entry point ``handler(event, context)`` for a core."""
+    from shared.context import get_context
+
+    def handler(event, context):
+        return to_lambda(run(core, get_context, from_lambda_event(event)))
+    handler.core = core
+    return handler

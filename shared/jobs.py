@@ -1,0 +1,212 @@
+"""Job rows, their conditional state transitions, and the job object apps see.
+
+A job's id is the ComfyUI prompt_id, chosen by the gateway before it submits.
+States: ``submitting`` (row written, POST /prompt not yet confirmed; shown to
+apps as ``queued``) → ``queued`` → ``running`` → ``succeeded`` | ``failed`` |
+``cancelled``. Every transition is an ``UPDATE ... WHERE status IN (...)``
+whose affected-row count says whether it happened, so replays and races are
+harmless. Every change bumps ``version`` (the status ETag).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+from shared.db import execute, query, query_one, utcnow, isoformat
+
+log = logging.getLogger(__name__)
+
+FINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("submitting", "queued", "running")
+
+_COLUMNS = "j.*"
+
+
+def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, prompt: dict,
+               backend_id: int, client_id: str, idempotency_key: str | None = None,
+               request_hash: str | None = None) -> None:
+    """Write the job row before anything is sent to ComfyUI."""
+    now = utcnow()
+    execute(conn, """INSERT INTO jobs (id, user_id, backend_id, workflow, params, prompt, status, client_id,
+                     submit_attempts, idempotency_key, request_hash, created_at, updated_at)
+                     VALUES (%s, %s, %s, %s, %s, %s, 'submitting', %s, 1, %s, %s, %s, %s)""",
+            (job_id, user_id, backend_id, workflow, json.dumps(params), json.dumps(prompt), client_id,
+             idempotency_key, request_hash, now, now))
+
+
+def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
+    """One job with its queue position, in one indexed read (None if not found or not the user's)."""
+    sql = f"""SELECT {_COLUMNS},
+              (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
+                 AND q.number < j.number) AS ahead
+              FROM jobs j WHERE j.id=%s"""
+    args = [job_id]
+    if user_id is not None:
+        sql += " AND j.user_id=%s"
+        args.append(user_id)
+    return _decode(query_one(conn, sql, args))
+
+
+def find_by_idempotency_key(conn, user_id: str, key: str) -> dict | None:
+    return _decode(query_one(conn, f"SELECT {_COLUMNS}, NULL AS ahead FROM jobs j "
+                                   "WHERE j.user_id=%s AND j.idempotency_key=%s", (user_id, key)))
+
+
+def jobs_on_backend(conn, backend_id: int, statuses=ACTIVE) -> list[dict]:
+    """The jobs a backend holds in the given states, oldest first."""
+    marks = ",".join(["%s"] * len(statuses))
+    return [_decode(r) for r in query(conn, f"SELECT {_COLUMNS}, NULL AS ahead FROM jobs j WHERE j.backend_id=%s "
+                                            f"AND j.status IN ({marks}) ORDER BY j.created_at, j.id",
+                                      (backend_id, *statuses))]
+
+
+def list_user_jobs(conn, user_id: str, *, limit: int, before: tuple[datetime, str] | None = None) -> list[dict]:
+    """The user's jobs, newest first, after a (created_at, id) cursor."""
+    sql = f"SELECT {_COLUMNS}, NULL AS ahead FROM jobs j WHERE j.user_id=%s"
+    args: list = [user_id]
+    if before:
+        sql += " AND (j.created_at < %s OR (j.created_at = %s AND j.id < %s))"
+        args += [before[0], before[0], before[1]]
+    sql += " ORDER BY j.created_at DESC, j.id DESC LIMIT %s"
+    args.append(limit)
+    return [_decode(r) for r in query(conn, sql, args)]
+
+
+def _decode(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    for col in ("params", "prompt"):
+        if isinstance(row.get(col), (str, bytes)):
+            row[col] = json.loads(row[col])
+    return row
+
+
+# -- transitions ---------------------------------------------------------------
+
+def mark_submitted(conn, job_id: str, number: int) -> bool:
+    """Record ComfyUI's queue number; submitting → queued (an early event may have moved it on)."""
+    now = utcnow()
+    return execute(conn, """UPDATE jobs SET number=%s, submitted_at=COALESCE(submitted_at, %s),
+                            status=IF(status='submitting','queued',status), version=version+1, updated_at=%s
+                            WHERE id=%s AND status IN ('submitting','queued','running')""",
+                   (number, now, now, job_id)) == 1
+
+
+def mark_running(conn, job_id: str, *, nodes_total: int = 0, nodes_done: int = 0) -> bool:
+    now = utcnow()
+    return execute(conn, """UPDATE jobs SET status='running', started_at=COALESCE(started_at, %s),
+                            nodes_total=%s, nodes_done=GREATEST(nodes_done, %s), version=version+1, updated_at=%s
+                            WHERE id=%s AND status IN ('submitting','queued')""",
+                   (now, nodes_total, nodes_done, now, job_id)) == 1
+
+
+def update_progress(conn, job_id: str, *, percent: float, node: str | None, value: int, max_: int) -> bool:
+    """Write progress; the percent never goes down."""
+    return execute(conn, """UPDATE jobs SET progress_percent=GREATEST(progress_percent, %s), progress_node=%s,
+                            progress_value=%s, progress_max=%s, version=version+1, updated_at=%s
+                            WHERE id=%s AND status IN ('queued','running')""",
+                   (round(min(percent, 100.0), 2), node, value, max_, utcnow(), job_id)) == 1
+
+
+def set_preview(conn, job_id: str, key: str) -> bool:
+    return execute(conn, "UPDATE jobs SET preview_key=%s, version=version+1, updated_at=%s "
+                         "WHERE id=%s AND status='running'", (key, utcnow(), job_id)) == 1
+
+
+def mark_failed(conn, job_id: str, *, code: str, message: str, node_id: str | None = None,
+                node_type: str | None = None, from_states=ACTIVE) -> bool:
+    """Move an active job to failed with an error (no-op if it is already final)."""
+    now = utcnow()
+    marks = ",".join(["%s"] * len(from_states))
+    return execute(conn, f"""UPDATE jobs SET status='failed', error_code=%s, error_message=%s, error_node_id=%s,
+                             error_node_type=%s, finished_at=%s, version=version+1, updated_at=%s
+                             WHERE id=%s AND status IN ({marks})""",
+                   (code, message[:4000], node_id, node_type, now, now, job_id, *from_states)) == 1
+
+
+def mark_cancelled(conn, job_id: str) -> bool:
+    now = utcnow()
+    return execute(conn, """UPDATE jobs SET status='cancelled', finished_at=%s, version=version+1, updated_at=%s
+                            WHERE id=%s AND status IN ('submitting','queued','running')""",
+                   (now, now, job_id)) == 1
+
+
+def mark_succeeded(conn, job_id: str) -> bool:
+    now = utcnow()
+    return execute(conn, """UPDATE jobs SET status='succeeded', progress_percent=100, finished_at=%s,
+                            version=version+1, updated_at=%s
+                            WHERE id=%s AND status IN ('submitting','queued','running')""",
+                   (now, now, job_id)) == 1
+
+
+def delete_unsubmitted(conn, job_id: str) -> bool:
+    """Remove a row whose prompt certainly never reached ComfyUI."""
+    return execute(conn, "DELETE FROM jobs WHERE id=%s AND status='submitting'", (job_id,)) == 1
+
+
+# -- outputs -------------------------------------------------------------------
+
+def add_output(conn, *, job_id: str, node_id: str, index: int, key: str, content_type: str, size: int,
+               width: int | None, height: int | None) -> None:
+    """Record one stored output (idempotent on job+node+index)."""
+    execute(conn, """INSERT INTO job_outputs (job_id, node_id, idx, object_key, content_type, bytes, width, height,
+                     created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                     ON DUPLICATE KEY UPDATE object_key=VALUES(object_key), content_type=VALUES(content_type),
+                     bytes=VALUES(bytes), width=VALUES(width), height=VALUES(height)""",
+            (job_id, node_id, index, key, content_type, size, width, height, utcnow()))
+
+
+def list_outputs(conn, job_id: str) -> list[dict]:
+    """A job's stored outputs in node order, then ComfyUI's order."""
+    rows = query(conn, "SELECT * FROM job_outputs WHERE job_id=%s", (job_id,))
+    return sorted(rows, key=lambda r: (node_order(r["node_id"]), r["idx"]))
+
+
+def node_order(node_id: str):
+    """Sort key for node ids: numeric ids numerically, others after, by text."""
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+
+# -- the job object of the contract ---------------------------------------------------
+
+def public_status(status: str) -> str:
+    return "queued" if status == "submitting" else status
+
+
+def poll_after_ms(row: dict) -> int | None:
+    """How long the app should wait before polling again (None once final)."""
+    status = public_status(row["status"])
+    if status in FINAL:
+        return None
+    if status == "running":
+        return 500
+    ahead = row.get("ahead") or 0
+    return min(1000 + 500 * ahead, 5000)
+
+
+def job_object(row: dict, *, node_title=None, preview_url: str | None = None) -> dict:
+    """Render a job row as the contract's job object."""
+    status = public_status(row["status"])
+    error = None
+    if status == "failed":
+        error = {"code": row["error_code"], "message": row["error_message"],
+                 "node_id": row["error_node_id"], "node_type": row["error_node_type"]}
+    node = row["progress_node"] if status == "running" else None
+    return {
+        "id": row["id"],
+        "workflow": row["workflow"],
+        "status": status,
+        "queue_position": (row.get("ahead") or 0) if status == "queued" else None,
+        "progress": {"percent": float(row["progress_percent"]), "node": node,
+                     "node_title": node_title(node) if node and node_title else None,
+                     "value": row["progress_value"] if node else 0, "max": row["progress_max"] if node else 0},
+        "preview_url": preview_url if status == "running" else None,
+        "error": error,
+        "params": row["params"],
+        "created_at": isoformat(row["created_at"]),
+        "started_at": isoformat(row["started_at"]),
+        "finished_at": isoformat(row["finished_at"]),
+        "poll_after_ms": poll_after_ms(row),
+    }

@@ -1,0 +1,19 @@
+"""Users: one row per (provider, subject), e.g. ('dev', 'alice') or ('wechat', openid)."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.db import execute, query_one, utcnow
+
+
+def get_or_create_user(conn, *, provider: str, subject: str, unionid: str | None = None) -> str:
+    """Return the id of the user for this identity, creating it once."""
+    row = query_one(conn, "SELECT id, unionid FROM users WHERE provider=%s AND subject=%s", (provider, subject))
+    if row is None:
+        execute(conn, "INSERT IGNORE INTO users (id, provider, subject, unionid, created_at) "
+                      "VALUES (%s, %s, %s, %s, %s)", (str(uuid.uuid4()), provider, subject, unionid, utcnow()))
+        row = query_one(conn, "SELECT id, unionid FROM users WHERE provider=%s AND subject=%s", (provider, subject))
+    if unionid and row["unionid"] != unionid:
+        execute(conn, "UPDATE users SET unionid=%s WHERE id=%s", (unionid, row["id"]))
+    return row["id"]
