@@ -1,0 +1,54 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from shared.config import SETTINGS, Config, ConfigError, PROJECT_ROOT
+
+
+def test_defaults_are_valid():
+    cfg = Config.from_env({})
+    assert cfg.comfyui_urls == ("http://127.0.0.1:8188",)
+    assert cfg.signed_url_ttl == 3600
+    assert cfg.storage_url.startswith("file://")
+    assert cfg.database_url is None and cfg.dev_login is False
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"DATABASE_URL": "postgres://x/y"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "mysql://root@localhost"}, "DATABASE_URL"),
+    ({"COMFYUI_URLS": "ftp://a"}, "COMFYUI_URLS"),
+    ({"COMFYUI_URLS": "http://a:1,http://a:1"}, "COMFYUI_URLS"),
+    ({"STORAGE_URL": "gs://bucket"}, "STORAGE_URL"),
+    ({"SIGNED_URL_TTL": "ten"}, "SIGNED_URL_TTL"),
+    ({"SIGNED_URL_TTL": "5"}, "SIGNED_URL_TTL"),
+    ({"DEV_LOGIN": "maybe"}, "DEV_LOGIN"),
+    ({"PUBLIC_BASE_URL": "example.com"}, "PUBLIC_BASE_URL"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"COMFYUI_TIMEOUT": "-1"}, "COMFYUI_TIMEOUT"),
+])
+def test_invalid_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigError, match=f"^{variable}:"):
+        Config.from_env(env)
+
+
+def test_parsed_values():
+    cfg = Config.from_env({"DATABASE_URL": "mysql://u:p%40ss@db.example:3307/gw",
+                           "COMFYUI_URLS": "http://a:8188, http://b:8188/", "DEV_LOGIN": "true"})
+    assert (cfg.database_url.host, cfg.database_url.port, cfg.database_url.password) == ("db.example", 3307, "p@ss")
+    assert cfg.comfyui_urls == ("http://a:8188", "http://b:8188")
+    assert cfg.dev_login is True
+
+
+def test_secrets_never_in_repr():
+    cfg = Config.from_env({"SECRET_KEY": "supersecretvalue123", "ADMIN_TOKEN": "admintok",
+                           "DATABASE_URL": "mysql://u:dbpass@h/db"})
+    text = repr(cfg) + str(cfg.database_url)
+    assert "supersecretvalue123" not in text and "admintok" not in text and "dbpass" not in text
+
+
+def test_readme_table_lists_exactly_the_settings():
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", section, flags=re.M))
+    assert documented == {s.env for s in SETTINGS}
