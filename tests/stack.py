@@ -1,0 +1,126 @@
+"""Run the real processes for end-to-end tests: `gateway serve` and `gateway listen`.
+
+Each is a subprocess started with the environment a deployment would give it,
+so the tests cross real process, HTTP and WebSocket boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from shared.localdb import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_env(cfg) -> dict:
+    """The environment variables that reproduce a test Config in a subprocess."""
+    db = cfg.database_url
+    env = {
+        "DATABASE_URL": f"mysql://{db.user}:{db.password}@{db.host}:{db.port}/{db.database}",
+        "COMFYUI_URLS": ",".join(cfg.comfyui_urls),
+        "STORAGE_URL": cfg.storage_url,
+        "S3_REGION": cfg.s3_region,
+        "PUBLIC_BASE_URL": cfg.public_base_url,
+        "SIGNED_URL_TTL": str(cfg.signed_url_ttl),
+        "SECRET_KEY": cfg.secret_key or "",
+        "DEV_LOGIN": "1" if cfg.dev_login else "0",
+        "ADMIN_TOKEN": cfg.admin_token or "",
+        "STATE_DIR": cfg.state_dir,
+        "WORKFLOWS_DIR": cfg.workflows_dir,
+        "COMFYUI_TIMEOUT": str(cfg.comfyui_timeout),
+        "PROGRESS_INTERVAL": str(cfg.progress_interval),
+        "PREVIEW_INTERVAL": str(cfg.preview_interval),
+        "HISTORY_RETRY_S": str(cfg.history_retry_s),
+        "RECONCILE_INTERVAL_S": str(cfg.reconcile_interval_s),
+        "WATCHDOG_S": str(cfg.watchdog_s),
+        "LEASE_S": str(cfg.lease_s),
+        "RECONNECT_MAX_S": str(cfg.reconnect_max_s),
+        "QUEUE_TIMEOUT_S": str(cfg.queue_timeout_s),
+        "RUN_TIMEOUT_S": str(cfg.run_timeout_s),
+        "OUTPUT_COPY_DEADLINE_S": str(cfg.output_copy_deadline_s),
+        "LOG_LEVEL": "INFO",
+    }
+    if cfg.s3_endpoint_url:
+        env["S3_ENDPOINT_URL"] = cfg.s3_endpoint_url
+    return env
+
+
+class Process:
+    """One gateway subprocess with its log file."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path):
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "shared.cli", *self.args], env=self.env,
+                                     cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        """Kill the whole process group (gunicorn workers included)."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_listener(cfg, log_dir: Path, name: str = "listener") -> Process:
+    return Process(["listen"], config_env(cfg), log_dir / f"{name}.log").start()
+
+
+def start_api(cfg, log_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    proc = Process(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], config_env(cfg),
+                   log_dir / "api.log").start()
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(base + "/healthz"), 30, f"the API did not start; log: {proc.log_path}")
+    return proc, base
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def wait_for(predicate, timeout: float, message: str, interval: float = 0.05):
+    """Poll until predicate() is truthy; fail with message after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message)
