@@ -61,11 +61,11 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
 
     with ctx.db.connection() as conn:
         backend = backends.pick_backend(conn, ctx.config.comfyui_urls)
+    # Bad parameters are the caller's to fix whatever the backends do: check them first.
+    graph, resolved = workflow.fill(params, _input_files(ctx, workflow, inputs, backend),
+                                    choices=ctx.choices_for(backend["url"]) if backend else None)
     if backend is None:
         raise BackendUnavailableError("no ComfyUI server is connected right now", retry_after=5)
-
-    graph, resolved = workflow.fill(params, _input_files(ctx, workflow, inputs, backend),
-                                    choices=ctx.choices_for(backend["url"]))
     job_id = str(uuid.uuid4())
     try:
         with ctx.db.connection() as conn:
