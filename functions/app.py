@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, Response as FlaskResponse, request
 
-from functions import auth, files, health, result, status, submit, workflows
+from functions import auth, cancel, files, health, jobs, result, status, submit, usage, workflows
 from shared.errors import ApiError, MethodNotAllowedError, NotFoundError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
 
@@ -21,9 +21,12 @@ ROUTES = [
     ("POST", "/v1/auth/dev", auth.dev_login),
     ("GET", "/v1/workflows", workflows.list_workflows),
     ("POST", "/v1/jobs", submit.submit_job),
+    ("GET", "/v1/jobs", jobs.list_jobs),
     ("GET", "/v1/jobs/<id>", status.get_status),
+    ("POST", "/v1/jobs/<id>/cancel", cancel.cancel_job),
     ("GET", "/v1/jobs/<id>/result", result.get_result),
     ("GET", "/v1/files/<path:key>", files.download),
+    ("GET", "/v1/usage", usage.list_usage),
     ("GET", "/healthz", health.health),
 ]
 

@@ -116,7 +116,7 @@ class BackendWorker(threading.Thread):
             if not backends.set_connected(conn, self.backend_id, self.owner, client_id):
                 raise LeaseLostError()
         log.info("%s: connected as %s", self.url, client_id)
-        tracker = Tracker(self.ctx, self.backend_id, self._schedule_finalize)
+        tracker = Tracker(self.ctx, self.backend_id, self.url, self._schedule_finalize)
         self._reconcile()
         self.ws.settimeout(0.5)
         now = time.monotonic()

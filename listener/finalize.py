@@ -15,7 +15,7 @@ import time
 from shared import jobs
 from shared.comfy import ComfyError, ComfyNotFoundError
 from shared.images import HeadCapture, sniff
-from shared.usage import graph_steps, record_usage
+from shared.usage import write_usage
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +139,6 @@ def _timing(entry: dict) -> tuple[float, float]:
     return gpu, queue
 
 
-def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0) -> bool:
-    """Write the usage record of a final job (no-op if it exists or the job is not final)."""
-    job = jobs.get_job(conn, job_id)
-    if job is None or job["status"] not in jobs.FINAL:
-        return False
-    outputs = jobs.list_outputs(conn, job_id) if job["status"] == "succeeded" else []
-    megapixels = sum((o["width"] or 0) * (o["height"] or 0) for o in outputs) / 1e6
-    if queue_seconds == 0.0 and job["started_at"] and job["submitted_at"]:
-        queue_seconds = (job["started_at"] - job["submitted_at"]).total_seconds()
-    return record_usage(conn, job, images=len(outputs), megapixels=megapixels,
-                        steps=graph_steps(job["prompt"]) if job["status"] == "succeeded" else 0,
-                        gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, backend_url=backend_url)
-
-
 def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = None,
              history_wait_s: float | None = None, copy_deadline_s: float = 120.0) -> str:
     """Bring a job to its final state from its history entry; return the resulting status.
@@ -182,14 +168,17 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
                 write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
             return "failed"
         with ctx.db.transaction() as conn:
-            for r in records:
-                jobs.add_output(conn, job_id=job_id, node_id=r["node_id"], index=r["index"], key=r["key"],
-                                content_type=r["content_type"], size=r["size"], width=r["width"], height=r["height"])
+            # Only the call that wins the state change records outputs (a cancel may have won).
             changed = jobs.mark_succeeded(conn, job_id)
+            if changed:
+                for r in records:
+                    jobs.add_output(conn, job_id=job_id, node_id=r["node_id"], index=r["index"], key=r["key"],
+                                    content_type=r["content_type"], size=r["size"], width=r["width"],
+                                    height=r["height"])
             write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
         if changed:
             log.info("job %s: succeeded with %d image(s)", job_id, len(records))
-        return "succeeded"
+        return "succeeded" if changed else "unchanged"
     with ctx.db.transaction() as conn:
         if result == "cancelled":
             jobs.mark_cancelled(conn, job_id)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from listener.finalize import HistoryPendingError, finalize, write_usage
+from listener.finalize import HistoryPendingError, finalize
+from shared.usage import write_usage
 from shared import jobs
 from shared.comfy import ComfyError, ComfyRejectedError
 from shared.db import execute, utcnow
@@ -63,6 +64,12 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
                 with ctx.db.connection() as conn:
                     jobs.mark_submitted(conn, job_id, queued.number)
             counts["kept"] += 1
+            continue
+        if job["cancel_requested"]:
+            with ctx.db.transaction() as conn:
+                jobs.mark_cancelled(conn, job_id)
+                write_usage(conn, job_id, backend["url"])
+            counts["finalized"] += 1
             continue
         if job["status"] == "submitting" and now - job["updated_at"] < timedelta(seconds=submit_grace_s):
             counts["kept"] += 1  # its POST /prompt may still be in flight

@@ -55,9 +55,10 @@ class Running:
 
 
 class Tracker:
-    def __init__(self, ctx, backend_id: int, on_final, *, clock=time.monotonic):
+    def __init__(self, ctx, backend_id: int, backend_url: str, on_final, *, clock=time.monotonic):
         self.ctx = ctx
         self.backend_id = backend_id
+        self.backend_url = backend_url
         self.on_final = on_final
         self.clock = clock
         self.running: Running | None = None
@@ -107,6 +108,8 @@ class Tracker:
         with self.ctx.db.connection() as conn:
             if jobs.mark_running(conn, ev.prompt_id, nodes_total=len(run.weights)):
                 log.info("job %s: running", ev.prompt_id)
+        if run.job.get("cancel_requested"):
+            self.on_cancel_requested(ev.prompt_id)
 
     def on_ExecutionCached(self, ev: p.ExecutionCached) -> None:
         run = self._start(ev.prompt_id)
@@ -173,6 +176,14 @@ class Tracker:
         with self.ctx.db.connection() as conn:
             jobs.mark_cancelled(conn, ev.prompt_id)
         self._final(ev.prompt_id, "interrupted")
+
+    def on_cancel_requested(self, prompt_id: str) -> None:
+        """A job cancelled while it was being queued started anyway: stop it."""
+        try:
+            self.ctx.comfy(self.backend_url).interrupt(prompt_id)
+            log.info("job %s: interrupted (cancel was requested)", prompt_id)
+        except Exception as e:
+            log.warning("job %s: interrupt after cancel failed: %s", prompt_id, e)
 
     # -- helpers --------------------------------------------------------------------
     def _write_progress(self, run: Running, *, force: bool = False) -> None:

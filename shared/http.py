@@ -136,3 +136,35 @@ def lambda_handler(core):
         return to_lambda(run(core, get_context, from_lambda_event(event)))
     handler.core = core
     return handler
+
+
+def query_int(req: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within [lo, hi], or 400 invalid_params."""
+    from shared.errors import InvalidParamsError
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParamsError(f"{name} must be a whole number", details={name: "must be a whole number"}) from None
+    if not lo <= value <= hi:
+        raise InvalidParamsError(f"{name} must be between {lo} and {hi}", details={name: f"between {lo} and {hi}"})
+    return value
+
+
+def query_time(req: Request, name: str):
+    """An ISO 8601 time query parameter as a naive UTC datetime (None if absent), or 400."""
+    from datetime import datetime, timezone
+
+    from shared.errors import InvalidParamsError
+    raw = req.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise InvalidParamsError(f"{name} must be an ISO 8601 time", details={name: "ISO 8601 time"}) from None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
