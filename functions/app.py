@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, Response as FlaskResponse, request
 
-from functions import auth, cancel, files, health, jobs, result, status, submit, usage, workflows
+from functions import auth, cancel, files, health, jobs, result, status, submit, uploads, usage, workflows
 from shared.errors import ApiError, MethodNotAllowedError, NotFoundError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
 
@@ -25,7 +25,9 @@ ROUTES = [
     ("GET", "/v1/jobs/<id>", status.get_status),
     ("POST", "/v1/jobs/<id>/cancel", cancel.cancel_job),
     ("GET", "/v1/jobs/<id>/result", result.get_result),
+    ("POST", "/v1/uploads", uploads.new_upload),
     ("GET", "/v1/files/<path:key>", files.download),
+    ("POST", "/v1/files", files.upload),
     ("GET", "/v1/usage", usage.list_usage),
     ("GET", "/healthz", health.health),
 ]
@@ -55,13 +57,21 @@ def _error(exc: ApiError) -> FlaskResponse:
     return _to_flask(Response(status=status, body=body, headers=headers))
 
 
+def _max_upload(ctx_factory) -> int:
+    try:
+        return ctx_factory().config.max_upload_bytes
+    except Exception:  # the config is reported properly on the first request
+        return 10 * 1024 * 1024
+
+
 def create_app(ctx_factory=None) -> Flask:
     """Build the Flask app; ``ctx_factory`` returns the Context (default: from the environment)."""
     if ctx_factory is None:
         from shared.context import get_context
         ctx_factory = get_context
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    # Large enough for a local-storage image upload; JSON bodies have their own, smaller limit.
+    app.config["MAX_CONTENT_LENGTH"] = max(MAX_REQUEST_BYTES, _max_upload(ctx_factory) + 64 * 1024)
 
     def mount(method, rule, core):
         def view(**path_params):

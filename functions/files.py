@@ -4,7 +4,10 @@ Only used with local-folder storage (development, single servers); with S3 the
 apps fetch presigned URLs from the bucket directly.
 """
 
-from shared.errors import ForbiddenError, NotFoundError
+from email.parser import BytesParser
+from email.policy import HTTP
+
+from shared.errors import ForbiddenError, InvalidUploadError, NotFoundError, PayloadTooLargeError
 from shared.http import Response, lambda_handler
 
 
@@ -28,3 +31,55 @@ def download(ctx, req):
 
 
 handler = lambda_handler(download)
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict, tuple[str, bytes] | None]:
+    """Split a multipart/form-data body into (text fields, (file part type, file bytes))."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidUploadError("send the image as multipart/form-data")
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise InvalidUploadError("malformed multipart body")
+    fields, file = {}, None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        if part.get_filename() is not None or name == "file":
+            file = (part.get_content_type(), part.get_payload(decode=True) or b"")
+        else:
+            fields[name] = (part.get_payload(decode=True) or b"").decode("utf-8", errors="replace")
+    return fields, file
+
+
+def upload(ctx, req):
+    """POST /v1/files: receive a presigned local-storage upload (what S3 does for S3 storage)."""
+    store = ctx.store
+    if not hasattr(store, "verify_post"):
+        raise NotFoundError("no such endpoint")
+    from shared.storage import ExpiredError, SignatureError, UploadSizeError
+    fields, file = parse_multipart(req.header("content-type") or "", req.body)
+    try:
+        policy = store.verify_post(fields)
+    except ExpiredError:
+        raise ForbiddenError("this upload form has expired", code="link_expired") from None
+    except SignatureError:
+        raise ForbiddenError("this upload form is not valid", code="invalid_signature") from None
+    if file is None:
+        raise InvalidUploadError("no file part named 'file'")
+    part_type, data = file
+    if part_type != policy["content_type"] and part_type != "application/octet-stream":
+        raise InvalidUploadError(f"the file must be {policy['content_type']}")
+    import io
+    try:
+        store.save_upload(policy["key"], io.BytesIO(data), policy["max_bytes"], min_bytes=policy["min_bytes"],
+                          content_type=policy["content_type"])
+    except UploadSizeError as e:
+        if len(data) > policy["max_bytes"]:
+            raise PayloadTooLargeError(str(e)) from None
+        raise InvalidUploadError(str(e)) from None
+    return Response(status=204)
+
+
+upload_handler = lambda_handler(upload)

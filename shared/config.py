@@ -156,6 +156,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Folder of workflow files (<name>.json)."),
     Setting("DEV_LOGIN", "dev_login", _bool, False, "1 enables POST /v1/auth/dev (local development and demos only)."),
     Setting("ADMIN_TOKEN", "admin_token", _str, None, "Bearer token of the operator endpoints (usage)."),
+    Setting("WECHAT_API_BASE", "wechat_api_base", _http_url, "https://api.weixin.qq.com",
+            "Base URL of WeChat's server API (jscode2session); tests point it at a fake."),
+    Setting("WECHAT_APPID", "wechat_appid", _str, None,
+            "The mini-program's AppID. With WECHAT_SECRET it enables POST /v1/auth/wechat (else 404)."),
+    Setting("WECHAT_SECRET", "wechat_secret", _str, None,
+            "The mini-program's AppSecret (never logged, never returned)."),
+    Setting("WECHAT_TIMEOUT", "wechat_timeout", _float(0.1), 5.0,
+            "Seconds for the call to WeChat's jscode2session (connect and read); past it the login answers 503."),
     Setting("STATE_DIR", "state_dir", _str, _state(),
             "Local state: the private database of `gateway dev`, local storage."),
     Setting("COMFYUI_TIMEOUT", "comfyui_timeout", _float(0.1), 10.0,
@@ -182,10 +190,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Default run-time limit of a job (a workflow's `timeout_s` overrides it)."),
     Setting("OUTPUT_COPY_DEADLINE_S", "output_copy_deadline_s", _float(0.0), 120.0,
             "How long copying a job's images into storage is retried before it fails with `output_copy_failed`."),
+    Setting("MAX_UPLOAD_BYTES", "max_upload_bytes", _int(1024, 100 * 1024 * 1024), 10 * 1024 * 1024,
+            "Largest input image an app may upload, in bytes."),
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
-_SECRET_FIELDS = {"secret_key", "admin_token", "database_url"}
+_SECRET_FIELDS = {"secret_key", "admin_token", "database_url", "wechat_secret"}
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,10 @@ class Config:
     workflows_dir: str
     dev_login: bool
     admin_token: str | None
+    wechat_api_base: str
+    wechat_appid: str | None
+    wechat_secret: str | None
+    wechat_timeout: float
     state_dir: str
     comfyui_timeout: float
     object_info_ttl: int
@@ -215,6 +229,7 @@ class Config:
     queue_timeout_s: float
     run_timeout_s: float
     output_copy_deadline_s: float
+    max_upload_bytes: int
     log_level: str
 
     @classmethod
@@ -234,6 +249,10 @@ class Config:
                 raise ConfigError(f"{s.env}: {e}") from None
         if values["storage_url"] is None:
             values["storage_url"] = Path(values["state_dir"], "storage").resolve().as_uri()
+        if bool(values["wechat_appid"]) != bool(values["wechat_secret"]):
+            missing = "WECHAT_SECRET" if values["wechat_appid"] else "WECHAT_APPID"
+            raise ConfigError(f"{missing}: must be set together with "
+                              f"{'WECHAT_APPID' if missing == 'WECHAT_SECRET' else 'WECHAT_SECRET'}")
         if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError("LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return cls(**values)

@@ -19,6 +19,7 @@ from shared.comfy import ComfyRejectedError, ComfyTimeoutError, ComfyUnavailable
 from shared.errors import (BackendUnavailableError, ConflictError, InvalidParamsError, UnknownWorkflowError,
                            WorkflowRejectedError)
 from shared.http import check_fields
+from shared.uploads import check_upload, send_to_comfy
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,20 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
     with ctx.db.connection() as conn:
         backend = backends.pick_backend(conn, ctx.config.comfyui_urls)
     # Bad parameters are the caller's to fix whatever the backends do: check them first.
-    graph, resolved = workflow.fill(params, _input_files(ctx, workflow, inputs, backend),
-                                    choices=ctx.choices_for(backend["url"]) if backend else None)
+    choices = ctx.choices_for(backend["url"]) if backend else None
+    _, resolved = workflow.fill(params, {name: "pending" for name in inputs}, choices=choices)
+    uploads = {name: check_upload(ctx, user_id, value, f"inputs.{name}") for name, value in inputs.items()}
     if backend is None:
         raise BackendUnavailableError("no ComfyUI server is connected right now", retry_after=5)
+    files = {}
+    for name, upload in uploads.items():
+        try:
+            files[name] = send_to_comfy(ctx, ctx.comfy(backend["url"]), upload)
+        except ComfyError as e:
+            log.warning("upload %s: could not be sent to %s: %s", upload["id"], backend["url"], e)
+            raise BackendUnavailableError("the ComfyUI server did not take the input image; try again",
+                                          retry_after=5) from None
+    graph, resolved = workflow.fill(resolved, files, choices=choices)
     job_id = str(uuid.uuid4())
     try:
         with ctx.db.connection() as conn:
@@ -111,13 +122,3 @@ def _replay(existing: dict, digest: str) -> tuple[int, dict]:
         raise ConflictError("this Idempotency-Key was used with a different request", code="idempotency_conflict")
     return 200, existing
 
-
-def _input_files(ctx, workflow, inputs: dict, backend: dict) -> dict:
-    """Image inputs → ComfyUI file names (uploads land in a later step)."""
-    if inputs:
-        unknown = {k: "unknown input" for k in inputs if k not in workflow.inputs}
-        if unknown:
-            raise InvalidParamsError("unknown input", details=unknown)
-        raise InvalidParamsError("image inputs are not supported by this deployment yet",
-                                 details={k: "not supported" for k in inputs})
-    return {}

@@ -24,7 +24,7 @@ from shared.migrate import migrate
 
 pytest_plugins = ["tests.s3server"]
 
-TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users")
+TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users", "uploads")
 SECRET = "test-secret-key-0123456789abcdef"
 
 
