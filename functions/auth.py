@@ -1,6 +1,7 @@
 """POST /v1/auth/dev: log in by name (only when DEV_LOGIN=1)."""
 
 from shared.auth import login
+from shared.limits import limit_login
 from shared.errors import InvalidParamsError, NotFoundError
 from shared.http import check_fields, json_response, lambda_handler
 
@@ -8,6 +9,7 @@ from shared.http import check_fields, json_response, lambda_handler
 def dev_login(ctx, req):
     if not ctx.config.dev_login:
         raise NotFoundError("no such endpoint")
+    limit_login(ctx, req)
     body = req.json()
     check_fields(body, {"user"})
     name = body.get("user")

@@ -2,6 +2,7 @@
 
 from shared import jobs
 from shared.auth import authenticate
+from shared.limits import limit_user
 from shared.cancellation import cancel
 from shared.errors import NotFoundError
 from shared.http import json_response, lambda_handler
@@ -10,6 +11,7 @@ from functions.status import render
 
 def cancel_job(ctx, req):
     user_id = authenticate(ctx, req)
+    limit_user(ctx, user_id)
     row = cancel(ctx, req.path_params.get("id", ""), user_id)
     if row is None:
         raise NotFoundError("no such job")

@@ -192,6 +192,14 @@ SETTINGS: tuple[Setting, ...] = (
             "How long copying a job's images into storage is retried before it fails with `output_copy_failed`."),
     Setting("MAX_UPLOAD_BYTES", "max_upload_bytes", _int(1024, 100 * 1024 * 1024), 10 * 1024 * 1024,
             "Largest input image an app may upload, in bytes."),
+    Setting("MAX_ACTIVE_JOBS", "max_active_jobs", _int(0), 3,
+            "Jobs one user may have queued or running at once (0 = no limit)."),
+    Setting("DAILY_JOB_QUOTA", "daily_job_quota", _int(0), 200,
+            "Jobs one user may submit per UTC day (0 = no limit)."),
+    Setting("RATE_LIMIT_PER_MINUTE", "rate_limit_per_minute", _int(0), 60,
+            "Submit, cancel and upload requests per user per minute (0 = no limit)."),
+    Setting("LOGIN_RATE_LIMIT_PER_MINUTE", "login_rate_limit_per_minute", _int(0), 20,
+            "Login requests per client IP per minute (0 = no limit)."),
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
@@ -230,6 +238,10 @@ class Config:
     run_timeout_s: float
     output_copy_deadline_s: float
     max_upload_bytes: int
+    max_active_jobs: int
+    daily_job_quota: int
+    rate_limit_per_minute: int
+    login_rate_limit_per_minute: int
     log_level: str
 
     @classmethod

@@ -14,7 +14,7 @@ import uuid
 
 import pymysql
 
-from shared import backends, jobs
+from shared import backends, jobs, limits
 from shared.comfy import ComfyRejectedError, ComfyTimeoutError, ComfyUnavailableError, ComfyError
 from shared.errors import (BackendUnavailableError, ConflictError, InvalidParamsError, UnknownWorkflowError,
                            WorkflowRejectedError)
@@ -79,7 +79,9 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
     graph, resolved = workflow.fill(resolved, files, choices=choices)
     job_id = str(uuid.uuid4())
     try:
-        with ctx.db.connection() as conn:
+        with ctx.db.transaction() as conn:
+            limits.check_job_limits(conn, user_id, max_active=ctx.config.max_active_jobs,
+                                    daily_quota=ctx.config.daily_job_quota)
             jobs.create_job(conn, job_id=job_id, user_id=user_id, workflow=workflow.name, params=resolved,
                             prompt=graph, backend_id=backend["id"], client_id=backend["client_id"],
                             idempotency_key=idempotency_key, request_hash=digest)

@@ -24,7 +24,7 @@ from shared.migrate import migrate
 
 pytest_plugins = ["tests.s3server"]
 
-TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users", "uploads")
+TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users", "uploads", "rate_limits")
 SECRET = "test-secret-key-0123456789abcdef"
 
 

@@ -1,0 +1,72 @@
+"""Per-user and per-IP limits, kept in MySQL so they hold across every function instance.
+
+* request rate: a fixed one-minute window per bucket (``user:<id>``, ``ip:<addr>``),
+  counted with one upsert; over the limit → 429 ``rate_limited``;
+* active jobs and the daily quota: counted under a lock on the user's row, so two
+  concurrent submissions cannot both slip under the limit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from shared.db import execute, query_one, utcnow
+from shared.errors import TooManyRequestsError
+
+WINDOW_S = 60
+
+
+def hit(conn, bucket: str, limit: int, *, now: datetime | None = None) -> None:
+    """Count one request in the bucket's current minute; raise 429 over the limit (0 = unlimited)."""
+    if limit <= 0:
+        return
+    now = now or utcnow()
+    window = now.replace(second=0, microsecond=0)
+    execute(conn, "INSERT INTO rate_limits (bucket, window_start, hits) VALUES (%s, %s, 1) "
+                  "ON DUPLICATE KEY UPDATE hits=hits+1", (bucket[:160], window))
+    hits = query_one(conn, "SELECT hits FROM rate_limits WHERE bucket=%s AND window_start=%s",
+                     (bucket[:160], window))["hits"]
+    if hits > limit:
+        retry = WINDOW_S - now.second
+        raise TooManyRequestsError("too many requests; slow down", retry_after=max(retry, 1))
+
+
+def prune(conn, *, older_than_s: int = 3600) -> int:
+    """Drop counters of windows long past."""
+    return execute(conn, "DELETE FROM rate_limits WHERE window_start < %s",
+                   (utcnow() - timedelta(seconds=older_than_s),))
+
+
+def check_job_limits(conn, user_id: str, *, max_active: int, daily_quota: int) -> None:
+    """Lock the user's row and enforce the active-job limit and the daily quota (0 = unlimited).
+
+    Call inside the transaction that inserts the job.
+    """
+    query_one(conn, "SELECT id FROM users WHERE id=%s FOR UPDATE", (user_id,))
+    now = utcnow()
+    if max_active > 0:
+        active = query_one(conn, "SELECT COUNT(*) AS n FROM jobs WHERE user_id=%s "
+                                 "AND status IN ('submitting','queued','running')", (user_id,))["n"]
+        if active >= max_active:
+            raise TooManyRequestsError(f"you already have {active} jobs in progress; wait for one to finish",
+                                       code="too_many_active_jobs", retry_after=5)
+    if daily_quota > 0:
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        today = query_one(conn, "SELECT COUNT(*) AS n FROM jobs WHERE user_id=%s AND created_at >= %s",
+                          (user_id, midnight))["n"]
+        if today >= daily_quota:
+            retry = int((midnight + timedelta(days=1) - now).total_seconds()) + 1
+            raise TooManyRequestsError(f"the daily quota of {daily_quota} jobs is used up",
+                                       code="quota_exceeded", retry_after=retry)
+
+
+def limit_user(ctx, user_id: str) -> None:
+    """Count a write request of a user against RATE_LIMIT_PER_MINUTE."""
+    with ctx.db.connection() as conn:
+        hit(conn, f"user:{user_id}", ctx.config.rate_limit_per_minute)
+
+
+def limit_login(ctx, req) -> None:
+    """Count a login attempt of a client IP against LOGIN_RATE_LIMIT_PER_MINUTE."""
+    with ctx.db.connection() as conn:
+        hit(conn, f"ip:{req.source_ip or 'unknown'}", ctx.config.login_rate_limit_per_minute)
