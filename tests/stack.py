@@ -99,10 +99,11 @@ def start_listener(cfg, log_dir: Path, name: str = "listener") -> Process:
 
 
 def start_api(cfg, log_dir: Path) -> tuple[Process, str]:
+    """Start `gateway serve` on a free port; PUBLIC_BASE_URL points at it (local-storage links)."""
     port = free_port()
-    proc = Process(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], config_env(cfg),
-                   log_dir / "api.log").start()
     base = f"http://127.0.0.1:{port}"
+    env = {**config_env(cfg), "PUBLIC_BASE_URL": base}
+    proc = Process(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, log_dir / "api.log").start()
     wait_for(lambda: _answers(base + "/healthz"), 30, f"the API did not start; log: {proc.log_path}")
     return proc, base
 

@@ -16,13 +16,13 @@ from shared.context import Context, set_context
 from tests.fakes.comfyui import FakeComfy
 from tests.stack import start_api, start_listener, wait_for
 
-TXT2IMG = {"workflow": "txt2img", "params": {"prompt": "a cat", "width": 64, "height": 48, "steps": 6,
+TXT2IMG = {"workflow": "txt2img", "params": {"prompt": "a cat", "width": 64, "height": 64, "steps": 10,
                                               "batch_size": 2, "seed": 7}}
 
 
 @pytest.fixture
 def fake():
-    with FakeComfy(step_delay=0.03) as f:
+    with FakeComfy(step_delay=0.06) as f:
         yield f
 
 
@@ -97,13 +97,12 @@ def check_images(images: list[dict], fake: FakeComfy, job_id: str) -> None:
         assert data.status_code == 200
         assert data.content == fake.output_bytes(ref["filename"], ref["subfolder"], ref["type"])
         assert image["bytes"] == len(data.content)
-        assert (image["content_type"], image["width"], image["height"]) == ("image/png", 64, 48)
+        assert (image["content_type"], image["width"], image["height"]) == ("image/png", 64, 64)
 
 
 def test_gunicorn_door_end_to_end(stack_config, fake, tmp_path):
     listener = start_listener(stack_config, tmp_path)
-    api_proc, base = start_api(stack_config.replace(public_base_url="http://placeholder"), tmp_path) \
-        if False else start_api(stack_config, tmp_path)
+    api_proc, base = start_api(stack_config, tmp_path)
     try:
         wait_for(lambda: listener_connected(base), 30, f"listener never connected: {listener.log()}")
         app = Api(base)
@@ -111,12 +110,18 @@ def test_gunicorn_door_end_to_end(stack_config, fake, tmp_path):
         listed = app.call("GET", "/v1/workflows").json()["workflows"]
         assert "txt2img" in [w["name"] for w in listed]
 
+        fake.pause()  # hold ComfyUI's queue to see queue positions
         r = app.call("POST", "/v1/jobs", TXT2IMG)
         assert r.status_code == 202, r.text
         job = r.json()["job"]
-        assert job["status"] == "queued" and job["queue_position"] == 0
+        assert job["status"] == "queued" and job["queue_position"] == 0 and job["poll_after_ms"] > 0
+        second = app.call("POST", "/v1/jobs", {**TXT2IMG, "params": {**TXT2IMG["params"], "seed": 8}}).json()["job"]
+        assert second["queue_position"] == 1
+        fake.resume()
         seen = poll_until_final(lambda: app.call("GET", f"/v1/jobs/{job['id']}").json()["job"])
         check_run(seen)
+        assert poll_until_final(lambda: app.call("GET", f"/v1/jobs/{second['id']}").json()["job"])[-1][
+            "status"] == "succeeded"
 
         # ETag: the same state answers 304 with no body.
         first = app.call("GET", f"/v1/jobs/{job['id']}")
