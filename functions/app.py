@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, Response as FlaskResponse, request
 
-from functions import auth, cancel, files, health, jobs, result, status, submit, uploads, usage, workflows
+from functions import auth, cancel, files, health, jobs, openapi, result, status, submit, uploads, usage, workflows
 from shared.errors import ApiError, MethodNotAllowedError, NotFoundError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
 
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # (method, Flask rule, core)
 ROUTES = [
+    ("POST", "/v1/auth/wechat", auth.wechat_login),
     ("POST", "/v1/auth/dev", auth.dev_login),
     ("GET", "/v1/workflows", workflows.list_workflows),
     ("POST", "/v1/jobs", submit.submit_job),
@@ -30,6 +31,7 @@ ROUTES = [
     ("POST", "/v1/files", files.upload),
     ("GET", "/v1/usage", usage.list_usage),
     ("GET", "/healthz", health.health),
+    ("GET", "/v1/openapi.json", openapi.get_openapi),
 ]
 
 MAX_REQUEST_BYTES = 1024 * 1024

@@ -21,9 +21,9 @@ def download(ctx, req):
         fileobj, content_type, size = store.open_signed(key, req.query.get("expires", ""),
                                                         req.query.get("signature", ""))
     except ExpiredError:
-        raise ForbiddenError("this link has expired", code="link_expired") from None
+        raise ForbiddenError("this link has expired") from None
     except (SignatureError, ValueError):
-        raise ForbiddenError("this link is not valid", code="invalid_signature") from None
+        raise ForbiddenError("this link is not valid") from None
     except FileNotFoundError:
         raise NotFoundError("no such file") from None
     return Response(status=200, stream=fileobj, content_type=content_type,
@@ -63,9 +63,9 @@ def upload(ctx, req):
     try:
         policy = store.verify_post(fields)
     except ExpiredError:
-        raise ForbiddenError("this upload form has expired", code="link_expired") from None
+        raise ForbiddenError("this upload form has expired") from None
     except SignatureError:
-        raise ForbiddenError("this upload form is not valid", code="invalid_signature") from None
+        raise ForbiddenError("this upload form is not valid") from None
     if file is None:
         raise InvalidUploadError("no file part named 'file'")
     part_type, data = file

@@ -77,7 +77,7 @@ class MethodNotAllowedError(ApiError):
 class ConflictError(ApiError):
     """409 with one of the contract's codes (job_not_finished, job_failed, ...)."""
 
-    status, code, message = 409, "conflict", "conflict"
+    status, code, message = 409, "job_finished", "conflict"
 
 
 class PayloadTooLargeError(ApiError):
