@@ -172,19 +172,19 @@ class BackendWorker(threading.Thread):
             log.warning("%s: reconciliation skipped: %s", self.url, e)
 
     # -- finalization, off the socket loop ---------------------------------------------------
-    def _schedule_finalize(self, job_id: str, reason: str, entry: dict | None = None) -> None:
+    def _schedule_finalize(self, job_id: str, hint: dict | None = None, entry: dict | None = None) -> None:
         with self._final_lock:
             if job_id in self._finalizing:
                 return
             self._finalizing.add(job_id)
-        self.executor.submit(self._run_finalize, job_id, entry)
+        self.executor.submit(self._run_finalize, job_id, entry, hint)
 
     def _finalize_entry(self, job_id: str, entry: dict) -> None:
-        self._schedule_finalize(job_id, "reconcile", entry)
+        self._schedule_finalize(job_id, None, entry)
 
-    def _run_finalize(self, job_id: str, entry: dict | None) -> None:
+    def _run_finalize(self, job_id: str, entry: dict | None, hint: dict | None) -> None:
         try:
-            finalize(self.ctx, job_id, comfy=self.comfy, backend_url=self.url, entry=entry,
+            finalize(self.ctx, job_id, comfy=self.comfy, backend_url=self.url, entry=entry, hint=hint,
                      copy_deadline_s=self.cfg.output_copy_deadline_s)
         except HistoryPendingError:
             log.warning("job %s: no history yet; reconciliation will retry", job_id)

@@ -139,11 +139,25 @@ def _timing(entry: dict) -> tuple[float, float]:
     return gpu, queue
 
 
-def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = None,
+def apply_hint(ctx, job_id: str, hint: dict, backend_url: str) -> str:
+    """Finish a job from what its final event said, when ComfyUI has no history of it."""
+    with ctx.db.transaction() as conn:
+        if hint["status"] == "cancelled":
+            jobs.mark_cancelled(conn, job_id)
+        else:
+            jobs.mark_failed(conn, job_id, code=hint["code"], message=hint["message"],
+                             node_id=hint.get("node_id"), node_type=hint.get("node_type"))
+        write_usage(conn, job_id, backend_url)
+    return hint["status"]
+
+
+def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = None, hint: dict | None = None,
              history_wait_s: float | None = None, copy_deadline_s: float = 120.0) -> str:
     """Bring a job to its final state from its history entry; return the resulting status.
 
-    Raises HistoryPendingError when ComfyUI has no history for it yet.
+    ``hint`` is what a final event said (error or interruption); it decides when
+    history never shows up. Without one, raises HistoryPendingError when ComfyUI
+    has no history for the job yet.
     """
     with ctx.db.connection() as conn:
         job = jobs.get_job(conn, job_id)
@@ -155,7 +169,12 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
         return job["status"]
     if entry is None:
         wait = ctx.config.history_retry_s if history_wait_s is None else history_wait_s
-        entry = fetch_history(comfy, job_id, wait_s=wait)
+        try:
+            entry = fetch_history(comfy, job_id, wait_s=wait)
+        except HistoryPendingError:
+            if hint is None:
+                raise
+            return apply_hint(ctx, job_id, hint, backend_url)
     result = outcome(entry)
     gpu, queue = _timing(entry)
     if result == "succeeded":

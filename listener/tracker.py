@@ -119,7 +119,7 @@ class Tracker:
 
     def on_Executing(self, ev: p.Executing) -> None:
         if ev.node is None:
-            self._final(ev.prompt_id, "executed")
+            self._final(ev.prompt_id, None)
             return
         run = self._start(ev.prompt_id)
         if run is None:
@@ -160,22 +160,13 @@ class Tracker:
             jobs.set_preview(conn, run.job["id"], key)
 
     def on_ExecutionError(self, ev: p.ExecutionError) -> None:
-        job = self._job(ev.prompt_id)
-        if job is None:
-            return
-        with self.ctx.db.connection() as conn:
-            jobs.mark_failed(conn, ev.prompt_id, code="execution_error",
-                             message=(ev.exception_message or "ComfyUI reported an error").strip(),
-                             node_id=ev.node_id, node_type=ev.node_type)
-        self._final(ev.prompt_id, "error")
+        # The finalizer records the failure from history (with timings), or from this event if history is gone.
+        self._final(ev.prompt_id, {"status": "failed", "code": "execution_error",
+                                   "message": (ev.exception_message or "ComfyUI reported an error").strip(),
+                                   "node_id": ev.node_id, "node_type": ev.node_type})
 
     def on_ExecutionInterrupted(self, ev: p.ExecutionInterrupted) -> None:
-        job = self._job(ev.prompt_id)
-        if job is None:
-            return
-        with self.ctx.db.connection() as conn:
-            jobs.mark_cancelled(conn, ev.prompt_id)
-        self._final(ev.prompt_id, "interrupted")
+        self._final(ev.prompt_id, {"status": "cancelled"})
 
     def on_cancel_requested(self, prompt_id: str) -> None:
         """A job cancelled while it was being queued started anyway: stop it."""
@@ -195,9 +186,10 @@ class Tracker:
             jobs.update_progress(conn, run.job["id"], percent=run.percent, node=run.node,
                                  value=run.value, max_=run.max)
 
-    def _final(self, prompt_id: str, reason: str) -> None:
+    def _final(self, prompt_id: str, hint: dict | None) -> None:
+        """Hand a finished prompt to the finalizer; ``hint`` is what the event said, if it said more."""
         if self.running and self.running.job["id"] == prompt_id:
             self.running = None
         if self._job(prompt_id) is None:
             return
-        self.on_final(prompt_id, reason)
+        self.on_final(prompt_id, hint)
