@@ -47,6 +47,7 @@ class BackendWorker(threading.Thread):
         self.client_id: str | None = None
         self.ws = None
         self._finalizing: set[str] = set()
+        self._missing: dict[str, float] = {}
         self._final_lock = threading.Lock()
         self.stats = {"frames": 0, "ignored": 0, "reconnects": 0}
 
@@ -165,7 +166,8 @@ class BackendWorker(threading.Thread):
         backend = {"id": self.backend_id, "url": self.url}
         try:
             reconcile(self.ctx, backend, self.comfy, self.client_id,
-                      submit_grace_s=2 * self.cfg.comfyui_timeout + 5, finalize_job=self._finalize_entry)
+                      submit_grace_s=2 * self.cfg.comfyui_timeout + 5, finalize_job=self._finalize_entry,
+                      missing=self._missing, settle_s=self.cfg.history_retry_s)
             enforce_timeouts(self.ctx, backend, self.comfy, queue_timeout_s=self.cfg.queue_timeout_s,
                              default_run_timeout_s=self.cfg.run_timeout_s)
         except ComfyError as e:

@@ -13,6 +13,7 @@ active on a backend:
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from listener.finalize import HistoryPendingError, finalize
@@ -35,8 +36,14 @@ def claim_resubmit(conn, job: dict, client_id: str) -> bool:
 
 
 def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_s: float,
-              finalize_job=None) -> dict:
-    """Settle every active job of one backend; return counts of what was done."""
+              finalize_job=None, missing: dict | None = None, settle_s: float = 0.0, clock=time.monotonic) -> dict:
+    """Settle every active job of one backend; return counts of what was done.
+
+    A job found in neither the queue nor the history is only declared gone once it
+    has been missing for ``settle_s`` (ComfyUI writes history a moment after a
+    prompt leaves the queue); ``missing`` remembers since when, across calls.
+    """
+    missing = {} if missing is None else missing
     finalize_job = finalize_job or (lambda job_id, entry: finalize(ctx, job_id, comfy=comfy,
                                                                    backend_url=backend["url"], entry=entry))
     counts = {"checked": 0, "finalized": 0, "kept": 0, "resubmitted": 0, "lost": 0}
@@ -47,10 +54,14 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
     running, pending = comfy.queue()
     in_queue = {e.prompt_id: e for e in running + pending}
     now = utcnow()
+    for job_id in set(missing) - {j["id"] for j in active}:
+        missing.pop(job_id, None)  # settled elsewhere: forget it (nothing grows without bound)
     for job in active:
         counts["checked"] += 1
         job_id = job["id"]
         entry = comfy.history(job_id)
+        if entry is not None or job_id in in_queue:
+            missing.pop(job_id, None)
         if entry is not None:
             try:
                 finalize_job(job_id, entry)
@@ -74,6 +85,11 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
         if job["status"] == "submitting" and now - job["updated_at"] < timedelta(seconds=submit_grace_s):
             counts["kept"] += 1  # its POST /prompt may still be in flight
             continue
+        first_missed = missing.setdefault(job_id, clock())
+        if clock() - first_missed < settle_s:
+            counts["kept"] += 1  # maybe its history is not written yet: look again later
+            continue
+        missing.pop(job_id, None)
         if job["status"] in ("submitting", "queued") and job["submit_attempts"] < MAX_SUBMIT_ATTEMPTS and client_id:
             if _resubmit(ctx, comfy, job, client_id):
                 counts["resubmitted"] += 1
