@@ -1,0 +1,128 @@
+"""Input images: presigned upload the way wx.uploadFile sends it, checks at submit, img2img end to end."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from functions.app import create_app
+from listener.connection import Listener
+from shared.context import Context
+from shared.db import connect, execute
+from tests.fakes.comfyui import FakeComfy, make_png
+from tests.listener.conftest import FAST
+from tests.stack import wait_for
+
+PNG = make_png(32, 24, seed=5)
+
+
+@pytest.fixture
+def fake():
+    with FakeComfy(step_delay=0.01) as f:
+        yield f
+
+
+@pytest.fixture(params=["local", "s3"])
+def stack(request, make_config, db_conn, fake):
+    env = {"COMFYUI_URLS": fake.base_url, "PUBLIC_BASE_URL": "http://gateway.test", "MAX_UPLOAD_BYTES": "200000",
+           **FAST}
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3rver")
+        env.update(STORAGE_URL=f"s3://{s3.bucket}/up-{time.time_ns()}", S3_ENDPOINT_URL=s3.endpoint_url)
+    ctx = Context(make_config(**env))
+    listener = Listener(ctx)
+    listener.start()
+    client = create_app(lambda: ctx).test_client()
+    wait_for(lambda: client.get("/healthz").get_json()["backends"][0]["listener_connected"], 20, "no listener")
+    yield request.param, ctx, client
+    listener.stop()
+
+
+def login(client, name):
+    body = client.post("/v1/auth/dev", json={"user": name}).get_json()
+    return {"Authorization": f"Bearer {body['token']}"}
+
+
+def wx_upload(client, upload: dict, data: bytes, part_type="image/png"):
+    """POST multipart/form-data exactly like wx.uploadFile({url, formData: fields, name: file_field})."""
+    files = {upload["file_field"]: ("tmp_upload.png", data, part_type)}
+    url = upload["url"]
+    if url.startswith("http://gateway.test"):
+        import io
+        form = {**upload["fields"], upload["file_field"]: (io.BytesIO(data), "tmp_upload.png", part_type)}
+        r = client.post(urlsplit(url).path, data=form, content_type="multipart/form-data")
+        return r.status_code
+    return requests.post(url, data=upload["fields"], files=files, timeout=10).status_code
+
+
+def new_upload(client, headers, ctype="image/png", size=None):
+    body = {"content_type": ctype, **({"size": size} if size else {})}
+    r = client.post("/v1/uploads", json=body, headers=headers)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    return r.get_json()["upload"]
+
+
+def img2img(upload_id, seed=1):
+    return {"workflow": "img2img", "params": {"prompt": "a painting", "seed": seed, "steps": 3},
+            "inputs": {"image": upload_id}}
+
+
+def test_img2img_with_an_uploaded_image(stack, fake):
+    kind, ctx, client = stack
+    h = login(client, "alice")
+    up = new_upload(client, h, size=len(PNG))
+    assert set(up) == {"id", "url", "fields", "file_field", "expires_at"} and up["file_field"] == "file"
+    assert wx_upload(client, up, PNG) in (200, 201, 204)
+    r = client.post("/v1/jobs", json=img2img(up["id"]), headers=h)
+    assert r.status_code == 202, r.get_data(as_text=True)
+    job_id = r.get_json()["job"]["id"]
+    assert PNG in fake.uploads.values()  # the very bytes reached ComfyUI's input folder
+    sent = [p for p in fake.prompts if p["prompt_id"] == job_id][0]["graph"]
+    assert sent["10"]["inputs"]["image"] == f"gw_{up['id']}.png"
+    wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=h).get_json()["job"]["status"] == "succeeded", 20,
+             "img2img did not finish")
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "other_user", "expired", "never_uploaded", "unknown_id"])
+def test_bad_uploads_are_clear_400s(stack, db_conn, case):
+    kind, ctx, client = stack
+    h = login(client, "alice")
+    up = new_upload(client, h)
+    data = b"this is not an image at all" if case == "not_an_image" else PNG
+    if case != "never_uploaded":
+        assert wx_upload(client, up, data) in (200, 201, 204)
+    if case == "other_user":
+        h = login(client, "mallory")
+    if case == "expired":
+        execute(db_conn, "UPDATE uploads SET expires_at = expires_at - INTERVAL 2 DAY WHERE id=%s", (up["id"],))
+    upload_id = "00000000-0000-0000-0000-000000000000" if case == "unknown_id" else up["id"]
+    r = client.post("/v1/jobs", json=img2img(upload_id), headers=h)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    err = r.get_json()["error"]
+    assert err["code"] == "invalid_upload" and "inputs.image" in err["details"]
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"content_type": "image/gif"}, 400, "invalid_params"),
+    ({"content_type": "image/png", "size": 10**9}, 413, "payload_too_large"),
+    ({"content_type": "image/png", "size": -1}, 400, "invalid_params"),
+    ({"content_type": "image/png", "extra": 1}, 400, "invalid_params"),
+])
+def test_upload_request_validation(stack, body, status, code):
+    _, _, client = stack
+    r = client.post("/v1/uploads", json=body, headers=login(client, "alice"))
+    assert r.status_code == status and r.get_json()["error"]["code"] == code
+
+
+# The S3 form is checked by S3 itself (s3rver ignores POST policies; tests/shared/test_storage.py checks ours).
+@pytest.mark.parametrize("stack", ["local"], indirect=True)
+def test_local_upload_endpoint_enforces_size_and_signature(stack):
+    kind, ctx, client = stack
+    h = login(client, "alice")
+    up = new_upload(client, h)
+    assert wx_upload(client, up, b"\x89PNG" + b"0" * 300000) == 413
+    tampered = {**up, "fields": {**up["fields"], "key": up["fields"]["key"].replace("uploads", "jobs")}}
+    assert wx_upload(client, tampered, PNG) == 403
