@@ -14,7 +14,9 @@ def render(ctx, row: dict) -> dict:
     preview = None
     if row["status"] == "running" and row["preview_key"]:
         preview, _ = ctx.store.signed_url(row["preview_key"], ctx.config.signed_url_ttl)
-    return jobs.job_object(row, node_title=wf.node_title if wf else None, preview_url=preview)
+    run_seconds = ctx.run_seconds(row["workflow"]) if row["status"] not in jobs.FINAL else None
+    return jobs.job_object(row, node_title=wf.node_title if wf else None, preview_url=preview,
+                           run_seconds=run_seconds)
 
 
 def etag(ctx, row: dict) -> str:

@@ -24,6 +24,7 @@ class Context:
         self.config = config
         self._lock = threading.Lock()
         self._clients: dict[str, ComfyClient] = {}
+        self._run_times: dict[str, tuple[float, float | None]] = {}
 
     @cached_property
     def db(self) -> Database:
@@ -73,6 +74,19 @@ class Context:
             info = self.choices_cache.object_info(self.comfy(base_url), class_type)
             return choices_from_object_info(info, class_type, input_name) if info else None
         return choices
+
+    def run_seconds(self, workflow: str, *, max_age: float = 60.0) -> float | None:
+        """Recent mean run time of a workflow, cached for a minute per process (not a read per poll)."""
+        import time
+        from shared.jobs import recent_run_seconds
+        now = time.monotonic()
+        hit = self._run_times.get(workflow)
+        if hit and now - hit[0] < max_age:
+            return hit[1]
+        with self.db.connection() as conn:
+            value = recent_run_seconds(conn, workflow)
+        self._run_times[workflow] = (now, value)
+        return value
 
     def secret_keys(self) -> tuple[str, ...]:
         return tuple(k for k in (self.config.secret_key,) if k)

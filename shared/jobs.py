@@ -175,19 +175,47 @@ def public_status(status: str) -> str:
     return "queued" if status == "submitting" else status
 
 
-def poll_after_ms(row: dict) -> int | None:
-    """How long the app should wait before polling again (None once final)."""
+def recent_run_seconds(conn, workflow: str, *, sample: int = 20) -> float | None:
+    """Mean run time (start to finish) of the workflow's last successful jobs, or None without history."""
+    rows = query(conn, """SELECT TIMESTAMPDIFF(MICROSECOND, started_at, finished_at) / 1e6 AS secs FROM jobs
+                          WHERE workflow=%s AND status='succeeded' AND started_at IS NOT NULL
+                          ORDER BY finished_at DESC LIMIT %s""", (workflow, sample))
+    secs = [float(r["secs"]) for r in rows if r["secs"] is not None]
+    return sum(secs) / len(secs) if secs else None
+
+
+def eta_seconds(row: dict, run_seconds: float | None) -> float | None:
+    """Seconds until the job should finish: the jobs ahead and this one, or what is left of it."""
+    status = public_status(row["status"])
+    if status in FINAL or run_seconds is None:
+        return None
+    if status == "running":
+        return round(max(run_seconds * (1 - float(row["progress_percent"]) / 100.0), 0.0), 1)
+    return round(run_seconds * ((row.get("ahead") or 0) + 1), 1)
+
+
+def poll_after_ms(row: dict, eta: float | None = None) -> int | None:
+    """How long the app should wait before polling again (None once final).
+
+    Short while running (progress and previews change), longer the further back
+    in the queue, never more than 5 s; with an estimate, about a tenth of it.
+    """
     status = public_status(row["status"])
     if status in FINAL:
         return None
     if status == "running":
         return 500
     ahead = row.get("ahead") or 0
-    return min(1000 + 500 * ahead, 5000)
+    wait = 1000 + 500 * ahead
+    if eta is not None:
+        wait = max(wait, int(eta * 100))
+    return min(wait, 5000)
 
 
-def job_object(row: dict, *, node_title=None, preview_url: str | None = None) -> dict:
+def job_object(row: dict, *, node_title=None, preview_url: str | None = None,
+               run_seconds: float | None = None) -> dict:
     """Render a job row as the contract's job object."""
+    eta = eta_seconds(row, run_seconds)
     status = public_status(row["status"])
     error = None
     if status == "failed":
@@ -208,5 +236,6 @@ def job_object(row: dict, *, node_title=None, preview_url: str | None = None) ->
         "created_at": isoformat(row["created_at"]),
         "started_at": isoformat(row["started_at"]),
         "finished_at": isoformat(row["finished_at"]),
-        "poll_after_ms": poll_after_ms(row),
+        "poll_after_ms": poll_after_ms(row, eta),
+        "eta_seconds": eta,
     }

@@ -372,7 +372,8 @@ def test_job_object_fields_follow_the_contract():
     fence = API_MD.split("A job object:", 1)[1].split("```json", 1)[1].split("```", 1)[0]
     documented = set(re.findall(r'"([a-z_]+)":', fence)) - {"percent", "node", "node_title", "value", "max",
                                                              "prompt", "width"}
-    assert documented == set(job["properties"]) == set(job["required"])
+    added = {"eta_seconds"}  # added on top of the contract's example (issue: status responses add eta_seconds)
+    assert documented | added == set(job["properties"]) == set(job["required"])
     statuses = re.search(r"`status` is one of ([^.]+)\.", API_MD).group(1)
     assert job["properties"]["status"]["enum"] == re.findall(r"`([a-z_]+)`", statuses)
     error_line = [line for line in API_MD.splitlines() if line.startswith("- `error`")][0]
