@@ -4,6 +4,8 @@
     gateway serve [--bind H:P] [--workers N]   the HTTP API under gunicorn
     gateway listen                  the ComfyUI listener (one process for every backend)
     gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all)
+    gateway usage export [--since T] [--until T] [--after-id N] [--format csv|jsonl] [--output F]
+                                    usage records for billing jobs that read files
 """
 
 from __future__ import annotations
@@ -166,6 +168,58 @@ def cmd_dev(args) -> int:
             local_db.stop()
 
 
+USAGE_FIELDS = ("id", "job_id", "user_id", "workflow", "status", "images", "megapixels", "steps", "gpu_seconds",
+                "queue_seconds", "backend", "created_at", "finished_at")
+
+
+def _time_arg(value: str):
+    from datetime import datetime, timezone
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time") from None
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def cmd_usage_export(args) -> int:
+    """Write usage records (the same ones, with the same ids, as GET /v1/usage) as CSV or JSON Lines."""
+    import csv
+    import json
+
+    from shared import usage
+    from shared.db import Database
+    cfg = _config()
+    _logging(cfg)
+    if cfg.database_url is None:
+        sys.exit("gateway: configuration error: DATABASE_URL: must be set for `gateway usage export`")
+    db = Database(cfg.database_url)
+    usage.assign_sequence(db)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        writer = csv.DictWriter(out, fieldnames=USAGE_FIELDS) if args.format == "csv" else None
+        if writer:
+            writer.writeheader()
+        after, count = args.after_id, 0
+        while True:
+            with db.connection() as conn:
+                rows = usage.list_usage(conn, after_id=after, limit=1000, since=args.since, until=args.until)
+            for row in rows:
+                record = usage.usage_object(row)
+                if writer:
+                    writer.writerow(record)
+                else:
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += len(rows)
+            if len(rows) < 1000:
+                break
+            after = rows[-1]["seq"]
+    finally:
+        if args.output:
+            out.close()
+    print(f"exported {count} usage record(s)", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="ComfyUI gateway for mobile apps")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +235,15 @@ def main(argv=None) -> int:
     dev.add_argument("--bind", default="127.0.0.1:8000")
     dev.add_argument("--fake-comfyui", action="store_true", help="also start the test suite's fake ComfyUI on :8188")
     dev.set_defaults(func=cmd_dev)
+    usage_cmd = sub.add_parser("usage", help="usage records for billing").add_subparsers(dest="usage_command",
+                                                                                         required=True)
+    export = usage_cmd.add_parser("export", help="write usage records as CSV or JSON Lines")
+    export.add_argument("--since", type=_time_arg, help="records of jobs finished at or after this time (ISO 8601)")
+    export.add_argument("--until", type=_time_arg, help="records of jobs finished before this time (ISO 8601)")
+    export.add_argument("--after-id", type=int, default=0, help="only records with a larger id (resume a read)")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--output", help="file to write (default: standard output)")
+    export.set_defaults(func=cmd_usage_export)
     args = parser.parse_args(argv)
     return args.func(args)
 
