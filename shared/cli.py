@@ -135,8 +135,10 @@ def cmd_dev(args) -> int:
                 sys.exit(f"gateway dev: {e}")
             env["DATABASE_URL"] = f"mysql://root:@{url.host}:{url.port}/{url.database}"
         if args.fake_comfyui:
-            env["COMFYUI_URLS"] = "http://127.0.0.1:8188"
-            procs.append(subprocess.Popen([sys.executable, "-m", "tests.fakes.comfyui", "--port", "8188",
+            from urllib.parse import urlsplit
+            port = urlsplit(cfg.comfyui_urls[0]).port or 8188
+            env["COMFYUI_URLS"] = f"http://127.0.0.1:{port}"
+            procs.append(subprocess.Popen([sys.executable, "-m", "tests.fakes.comfyui", "--port", str(port),
                                            "--step-delay", "0.1"], env=env, cwd=PROJECT_ROOT))
         gateway = [sys.executable, "-m", "shared.cli"]
         subprocess.run([*gateway, "migrate"], env=env, check=True)

@@ -58,3 +58,46 @@ def test_migrate_twice(make_config):
     cfg = make_config()
     first = gateway(cfg, "migrate")
     assert first.returncode == 0 and "up to date" in first.stdout
+
+
+def test_gateway_dev_runs_everything_and_stops_everything(tmp_path):
+    """The README's first command: private MariaDB, migrations, API and listener; Ctrl-C stops all of it."""
+    import os
+    import signal
+    import time
+
+    import requests
+
+    from shared.localdb import free_port
+    from tests.stack import wait_for
+    api, comfy = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(STATE_DIR=str(tmp_path / "state"), COMFYUI_URLS=f"http://127.0.0.1:{comfy}", LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "dev", "--bind", f"127.0.0.1:{api}",
+                             "--fake-comfyui"], env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{api}"
+    try:
+        def healthy():
+            try:
+                body = requests.get(base + "/healthz", timeout=1).json()
+            except (requests.RequestException, ValueError):
+                return False
+            return body["status"] == "ok" and body["backends"][0]["listener_connected"]
+        wait_for(healthy, 60, "gateway dev did not come up")
+        token = requests.post(base + "/v1/auth/dev", json={"user": "dev"}, timeout=5).json()["token"]
+        h = {"Authorization": f"Bearer {token}"}
+        job = requests.post(base + "/v1/jobs", json={"workflow": "txt2img", "params": {"prompt": "a cat",
+                            "width": 64, "height": 64, "steps": 2}}, headers=h, timeout=10).json()["job"]
+        wait_for(lambda: requests.get(f"{base}/v1/jobs/{job['id']}", headers=h, timeout=5).json()["job"]["status"]
+                 == "succeeded", 30, "job did not finish under gateway dev")
+        images = requests.get(f"{base}/v1/jobs/{job['id']}/result", headers=h, timeout=5).json()["images"]
+        assert requests.get(images[0]["url"], timeout=5).content.startswith(b"\x89PNG")
+        assert (tmp_path / "state" / "secret_key").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], "processes left running after Ctrl-C"
