@@ -53,6 +53,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import mimetypes
 import posixpath
 import random
@@ -643,17 +644,23 @@ class _Interrupted(Exception):
     """``/interrupt`` reached the running node: becomes ``execution_interrupted``."""
 
 
-_TRACEBACK_HEAD = [
-    '  File "/opt/ComfyUI/execution.py", line 518, in execute\n    output_data, output_ui, has_subgraph, '
-    "has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, execution_block_cb="
-    "execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n",
-    '  File "/opt/ComfyUI/execution.py", line 329, in get_output_data\n    return_values = await '
-    "_async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, "
-    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n",
-    '  File "/opt/ComfyUI/execution.py", line 303, in _async_map_node_over_list\n    await process_inputs('
-    "input_dict, i)\n",
-    '  File "/opt/ComfyUI/execution.py", line 291, in process_inputs\n    result = f(**inputs)\n'
-    "             ^^^^^^^^^^^\n",
+_TRACEBACK_HEAD = [  # the frames ComfyUI 0.8.0 reports above a failing node (transcript 04)
+    "  File \"/opt/ComfyUI/execution.py\", line 518, in execute\n    output_data, output_ui, has_subgrap"
+    "h, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, executio"
+    "n_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n                 "
+    "                                             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^"
+    "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^"
+    "^^^^\n",
+    "  File \"/opt/ComfyUI/execution.py\", line 329, in get_output_data\n    return_values = await _asyn"
+    "c_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=Tr"
+    "ue, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n     "
+    "               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^"
+    "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^"
+    "^^^^^^^^^^^^^^^^^^^^\n",
+    "  File \"/opt/ComfyUI/execution.py\", line 303, in _async_map_node_over_list\n    await process_inp"
+    "uts(input_dict, i)\n",
+    "  File \"/opt/ComfyUI/execution.py\", line 291, in process_inputs\n    result = f(**inputs)\n       "
+    "      ^^^^^^^^^^^\n",
 ]
 _NODE_FRAMES = {
     "ProbeSampler": '  File "/opt/ComfyUI/custom_nodes/gateway_probe.py", line 42, in sample\n    raise '
@@ -1313,7 +1320,12 @@ class _Server:
                 self.pending.remove(item)
                 self.running = item
                 await self.broadcast_status()
-                await self._execute(item)
+                try:
+                    await self._execute(item)
+                except Exception:  # a bug in the fake must not wedge the queue
+                    logging.getLogger(__name__).exception("fake ComfyUI: prompt %s crashed", item.prompt_id)
+                    self.running = None
+                    await self.broadcast_status()
 
     async def _execute(self, item: _Item) -> None:
         run = _Run(item)
@@ -1642,6 +1654,17 @@ class FakeComfy:
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def step_delay(self) -> float:
+        """Seconds per sampler step; settable at any time (applies from the next step)."""
+        return self._step_delay
+
+    @step_delay.setter
+    def step_delay(self, seconds: float) -> None:
+        self._step_delay = seconds
+        if self._server is not None:
+            self._call(lambda s: setattr(s, "step_delay", seconds))
 
     def ws_url(self, client_id: str | None = None) -> str:
         url = f"ws://{self._host}:{self._port}/ws"

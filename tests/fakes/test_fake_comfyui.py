@@ -895,6 +895,19 @@ def test_pause_and_resume(fake, clients):
     assert texts(ws.until_done(pid), "execution_success")
 
 
+def test_step_delay_can_change_while_running(fake, clients):
+    ws = clients()
+    ws.recv()
+    assert fake.step_delay == 0.01
+    pid = submit(fake, probe_graph(steps=6), ws.client_id)["prompt_id"]
+    ws.until(lambda f: is_msg(f, "progress") and f["data"]["value"] == 2)
+    fake.step_delay = 0.05
+    started = time.monotonic()
+    ws.until_done(pid)
+    assert time.monotonic() - started >= 0.15  # at least the last 3 of the 4 remaining steps were slower
+    assert fake.step_delay == 0.05
+
+
 def test_ordering_by_number_and_front(fake, clients):
     ws = clients()
     ws.recv()
@@ -925,13 +938,13 @@ def test_make_png_and_image_size():
 
 
 def test_command_line_runs_the_fake():
-    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.comfyui", "--port", "0", "--step-delay", "0.01"],
-                               cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("fake ComfyUI listening on http://127.0.0.1:")
-        url = line.split()[-1]
-        assert requests.get(f"{url}/system_stats", timeout=5).json()["system"]["comfyui_version"] == "0.8.0"
-    finally:
-        process.terminate()
+    command = [sys.executable, "-m", "tests.fakes.comfyui", "--port", "0", "--step-delay", "0.01"]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            line = process.stdout.readline()
+            assert line.startswith("fake ComfyUI listening on http://127.0.0.1:")
+            url = line.split()[-1]
+            assert requests.get(f"{url}/system_stats", timeout=5).json()["system"]["comfyui_version"] == "0.8.0"
+        finally:
+            process.terminate()
         assert process.wait(timeout=5) == 0
