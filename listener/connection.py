@@ -50,6 +50,11 @@ class BackendWorker(threading.Thread):
         self._missing: dict[str, float] = {}
         self._final_lock = threading.Lock()
         self.stats = {"frames": 0, "ignored": 0, "reconnects": 0}
+        self.tracker: Tracker | None = None
+
+    def tracker_unknown_ids(self) -> int:
+        """How many unknown prompt ids the current tracker remembers (bounded)."""
+        return len(self.tracker.unknown) if self.tracker else 0
 
     # -- the outer loop: own, connect, serve, back off ------------------------
     def run(self) -> None:
@@ -117,7 +122,7 @@ class BackendWorker(threading.Thread):
             if not backends.set_connected(conn, self.backend_id, self.owner, client_id):
                 raise LeaseLostError()
         log.info("%s: connected as %s", self.url, client_id)
-        tracker = Tracker(self.ctx, self.backend_id, self.url, self._schedule_finalize)
+        tracker = self.tracker = Tracker(self.ctx, self.backend_id, self.url, self._schedule_finalize)
         self._reconcile()
         self.ws.settimeout(0.5)
         now = time.monotonic()

@@ -1743,6 +1743,10 @@ class FakeComfy:
         WebSockets stay up and the queue keeps running."""
         self._run(self._require_server().set_rejecting(on))
 
+    def send_raw(self, payload: str | bytes) -> None:
+        """Send one raw frame (text or binary, well-formed or not) to every registered socket."""
+        self._run(self._require_server()._deliver(payload, None))
+
     def pause(self) -> None:
         """Hold the queue: the running prompt finishes, nothing new starts."""
         self._call(lambda s: setattr(s, "paused", True))

@@ -267,3 +267,31 @@ def test_unreachable_backend_does_not_block_the_other(harness_factory, fake):
         job_id = h.submit(txt2img(seed=114))
         assert h.wait_final(job_id)["status"] == "succeeded"
         assert not h.backend(down.base_url)["connected"]
+
+
+# 10. Bad frames and floods ------------------------------------------------------------------------------------
+
+def test_bad_frames_are_skipped_and_counted_never_fatal(harness, fake):
+    import struct
+    worker = harness.listener.workers[0]
+    client_id = harness.backend(fake.base_url)["client_id"]
+    junk = ['{"type": "executing", "data": {"node": "3"', "not json at all", '{"type": "mystery", "data": {}}',
+            '{"type": "progress", "data": {"value": "x", "max": null}}', "[1, 2, 3]",
+            b"\x00\x00", struct.pack(">II", 1, 9) + b"\xff\xd8", struct.pack(">I", 77) + b"abc",
+            struct.pack(">II", 4, 1000) + b"{}"]
+    junk += ['{"type": "executing", "data": {"node": "3", "prompt_id": "%s"}}' % f"unknown-{n}" for n in range(2000)]
+    before = worker.stats["ignored"]
+    for frame in junk:
+        fake.send_raw(frame)
+    wait_for(lambda: worker.stats["ignored"] - before >= 9, 10, f"bad frames not counted: {worker.stats}")
+    job_id = harness.submit(txt2img(seed=101))
+    assert harness.wait_final(job_id)["status"] == "succeeded"
+    assert harness.backend(fake.base_url)["client_id"] == client_id  # the same socket survived it all
+    from listener.tracker import UNKNOWN_IDS_KEPT
+    assert worker.tracker_unknown_ids() <= UNKNOWN_IDS_KEPT  # nothing keyed by prompt id grows without bound
+
+
+def test_oversized_binary_frames_are_skipped():
+    from listener import protocol
+    event = protocol.parse_frame(b"\x00\x00\x00\x01\x00\x00\x00\x01" + b"\xff" * 100, max_binary_bytes=50)
+    assert isinstance(event, protocol.Ignored)
