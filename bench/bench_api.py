@@ -1,0 +1,149 @@
+"""Status-poll throughput and latency through gunicorn, and the listener's event rate.
+
+    .venv/bin/python bench/bench_api.py [--seconds 5] [--clients 16]
+
+Part 1 starts `gateway serve` (real gunicorn, 2 workers, real MariaDB: TEST_DATABASE_URL or
+127.0.0.1:3306, else a private server) with 1,000 jobs in the table and polls
+`GET /v1/jobs/{id}` from --clients threads for --seconds, half of the polls
+with `If-None-Match` (the 304 path apps use). Part 2 feeds the recorded frames
+of transcript 01 through the parser and the tracker (progress coalescing on)
+and prints frames per second. Numbers are for this machine; compare runs, not
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests  # noqa: E402
+
+from shared import jobs  # noqa: E402
+from shared.config import Config, DatabaseUrl  # noqa: E402
+from shared.db import connect  # noqa: E402
+from shared.migrate import migrate  # noqa: E402
+from shared.tokens import issue_token  # noqa: E402
+from shared.users import get_or_create_user  # noqa: E402
+from tests.stack import start_api, wait_for  # noqa: E402
+
+SECRET = "bench-secret-key-0123456789abcdef"
+
+
+def server_url() -> tuple[DatabaseUrl, object]:
+    import os
+    if os.environ.get("TEST_DATABASE_URL"):
+        return DatabaseUrl.parse(os.environ["TEST_DATABASE_URL"]), None
+    try:
+        url = DatabaseUrl(host="127.0.0.1", port=3306, user="root", password="", database="mysql")
+        connect(url, database=False).close()
+        return url, None
+    except Exception:
+        from shared.localdb import LocalDatabase
+        local = LocalDatabase(Path(tempfile.mkdtemp()) / "mysql")
+        return local.start(), local
+
+
+def bench_polls(args) -> None:
+    server, local = server_url()
+    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
+    admin = connect(server, database=False)
+    admin.cursor().execute(f"CREATE DATABASE `{name}`")
+    url = server.with_database(name)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        conn = connect(url)
+        migrate(conn)
+        user = get_or_create_user(conn, provider="dev", subject="bench")
+        ids = []
+        for n in range(1000):
+            job_id = str(uuid.uuid4())
+            jobs.create_job(conn, job_id=job_id, user_id=user, workflow="txt2img", params={"prompt": "x"},
+                            prompt={}, backend_id=1, client_id="c")
+            jobs.mark_submitted(conn, job_id, n)
+            ids.append(job_id)
+        conn.close()
+        cfg = Config.from_env({"DATABASE_URL": f"mysql://{url.user}:{url.password}@{url.host}:{url.port}/{name}",
+                               "SECRET_KEY": SECRET, "STORAGE_URL": (tmp / "s").as_uri(), "STATE_DIR": str(tmp)})
+        api, base = start_api(cfg, tmp)
+        try:
+            token, _ = issue_token(SECRET, user, 3600)
+            headers = {"Authorization": f"Bearer {token}"}
+            etags = {}
+            latencies: list[float] = []
+            codes: dict[int, int] = {}
+            lock = threading.Lock()
+            stop = time.monotonic() + args.seconds
+
+            def client(k: int):
+                s = requests.Session()
+                i = k
+                while time.monotonic() < stop:
+                    job_id = ids[i % len(ids)]
+                    h = dict(headers)
+                    if i % 2 and job_id in etags:
+                        h["If-None-Match"] = etags[job_id]
+                    t = time.perf_counter()
+                    r = s.get(f"{base}/v1/jobs/{job_id}", headers=h, timeout=10)
+                    dt = time.perf_counter() - t
+                    etags[job_id] = r.headers.get("ETag")
+                    with lock:
+                        latencies.append(dt)
+                        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                    i += args.clients
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - t0
+            latencies.sort()
+            q = statistics.quantiles(latencies, n=100)
+            print(f"status poll via gunicorn (2 workers x 8 threads, {args.clients} clients): "
+                  f"{len(latencies) / elapsed:.0f} req/s, p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
+                  f"codes {dict(sorted(codes.items()))}")
+        finally:
+            api.stop()
+    finally:
+        admin.cursor().execute(f"DROP DATABASE `{name}`")
+        admin.close()
+        if local:
+            local.stop()
+
+
+def bench_parser() -> None:
+    from listener import protocol
+    path = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "comfyui" / "01_success_progress_previews.jsonl"
+    frames = [json.dumps(json.loads(line)["data"]) for line in path.read_text().splitlines()
+              if json.loads(line)["kind"] == "ws_text"]
+    preview = b"\x00\x00\x00\x01\x00\x00\x00\x01" + b"\xff\xd8\xff\xe0" + bytes(40000)
+    frames.append(preview)
+    n = 0
+    t = time.perf_counter()
+    while time.perf_counter() - t < 2.0:
+        for f in frames:
+            protocol.parse_frame(f)
+        n += len(frames)
+    print(f"frame parser: {n / (time.perf_counter() - t):,.0f} frames/s (transcript 01 mix + a 40 KB preview)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args()
+    bench_parser()
+    bench_polls(args)
+
+
+if __name__ == "__main__":
+    main()
