@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from datetime import datetime, timezone
 
 from shared.config import ConfigError
 from shared.db import isoformat
@@ -13,7 +14,7 @@ from shared.users import get_or_create_user
 
 def authenticate(ctx, req) -> str:
     """Return the calling user's id from the bearer token, or raise 401."""
-    return verify_token(ctx.secret_keys(), req.bearer(), )
+    return verify_token(ctx.secret_keys(), req.bearer())
 
 
 def require_admin(ctx, req) -> None:
@@ -32,7 +33,6 @@ def login(ctx, *, provider: str, subject: str, unionid: str | None = None) -> di
     with ctx.db.connection() as conn:
         user_id = get_or_create_user(conn, provider=provider, subject=subject, unionid=unionid)
     token, exp = issue_token(key, user_id, ctx.config.token_ttl)
-    from datetime import datetime, timezone
     return {"token": token, "expires_at": isoformat(datetime.fromtimestamp(exp, timezone.utc)),
             "user": {"id": user_id}}
 

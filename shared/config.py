@@ -151,6 +151,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a signed image URL stays valid."),
     Setting("SECRET_KEY", "secret_key", _str, None,
             "Signs tokens and local-storage URLs. `gateway serve` refuses to start without it; `gateway dev` makes one."),
+    Setting("SECRET_KEY_PREVIOUS", "secret_key_previous", _str, None,
+            "The key before a rotation: tokens it signed stay valid until they expire. Remove it after TOKEN_TTL."),
     Setting("TOKEN_TTL", "token_ttl", _int(60, 90 * 86400), 7 * 86400, "Seconds a login token stays valid."),
     Setting("WORKFLOWS_DIR", "workflows_dir", _str, str(PROJECT_ROOT / "workflows"),
             "Folder of workflow files (<name>.json)."),
@@ -203,7 +205,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
-_SECRET_FIELDS = {"secret_key", "admin_token", "database_url", "wechat_secret"}
+_SECRET_FIELDS = {"secret_key", "secret_key_previous", "admin_token", "database_url", "wechat_secret"}
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ class Config:
     public_base_url: str
     signed_url_ttl: int
     secret_key: str | None
+    secret_key_previous: str | None
     token_ttl: int
     workflows_dir: str
     dev_login: bool

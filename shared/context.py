@@ -89,7 +89,7 @@ class Context:
         return value
 
     def secret_keys(self) -> tuple[str, ...]:
-        return tuple(k for k in (self.config.secret_key,) if k)
+        return tuple(k for k in (self.config.secret_key, self.config.secret_key_previous) if k)
 
 
 _context: Context | None = None

@@ -152,3 +152,13 @@ def test_lambda_event_round_trip():
     out = to_lambda(Response(status=200, body={"ok": True}))
     assert out == {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": '{"ok":true}',
                    "isBase64Encoded": False}
+
+
+def test_secret_key_rotation_keeps_old_tokens_valid(make_config, db_conn):
+    old = Context(make_config(SECRET_KEY="old-key-0123456789abcdef"))
+    token = create_app(lambda: old).test_client().post("/v1/auth/dev", json={"user": "r"}).get_json()["token"]
+    rotated = Context(make_config(SECRET_KEY="new-key-0123456789abcdef", SECRET_KEY_PREVIOUS="old-key-0123456789abcdef"))
+    assert create_app(lambda: rotated).test_client().get("/v1/workflows", headers=auth(token)).status_code == 200
+    done = Context(make_config(SECRET_KEY="new-key-0123456789abcdef"))
+    r = create_app(lambda: done).test_client().get("/v1/workflows", headers=auth(token))
+    assert r.status_code == 401
