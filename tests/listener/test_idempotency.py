@@ -37,16 +37,18 @@ def test_two_concurrent_requests_with_one_key_make_one_job(harness, fake):
     body = {"workflow": "txt2img", "params": {"prompt": "race", "width": 64, "height": 64, "steps": 2}}
     answers = []
 
-    def go():
-        c = create_app(lambda: harness.ctx).test_client()
+    def go(c):
         answers.append(c.post("/v1/jobs", json=body, headers={**h, "Idempotency-Key": "same"}))
 
     for _ in range(5):
-        threads = [threading.Thread(target=go) for _ in range(4)]
+        # Flask apps are built here: building routes in threads trips a CPython 3.11.7 ast bug.
+        clients = [create_app(lambda: harness.ctx).test_client() for _ in range(4)]
+        threads = [threading.Thread(target=go, args=(c,)) for c in clients]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+    assert len(answers) == 20
     ids = {a.get_json()["job"]["id"] for a in answers}
     assert len(ids) == 1 and sorted(a.status_code for a in answers).count(202) == 1
     assert harness.sql("SELECT COUNT(*) AS n FROM jobs")[0]["n"] == 1
