@@ -13,7 +13,7 @@ import logging
 import uuid
 from datetime import timedelta
 
-from shared.db import execute, query_one, utcnow
+from shared.db import execute, isoformat, query_one, utcnow
 from shared.errors import InvalidParamsError, InvalidUploadError, PayloadTooLargeError
 from shared.http import check_fields
 from shared.images import HEAD_BYTES, sniff
@@ -31,7 +31,7 @@ def create_upload(ctx, user_id: str, body: dict) -> dict:
     check_fields(body, {"content_type", "size"})
     ctype, size = body.get("content_type"), body.get("size")
     max_bytes = ctx.config.max_upload_bytes
-    if ctype not in ALLOWED_TYPES:
+    if not isinstance(ctype, str) or ctype not in ALLOWED_TYPES:
         raise InvalidParamsError("content_type must be image/png, image/jpeg or image/webp",
                                  details={"content_type": "one of " + ", ".join(ALLOWED_TYPES)})
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
@@ -46,7 +46,6 @@ def create_upload(ctx, user_id: str, body: dict) -> dict:
         execute(conn, "INSERT INTO uploads (id, user_id, object_key, content_type, max_bytes, created_at, expires_at) "
                       "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (upload_id, user_id, key, ctype, max_bytes, now, now + timedelta(seconds=UPLOAD_USABLE_S)))
-    from shared.db import isoformat
     return {"id": upload_id, "url": post["url"], "fields": post["fields"], "file_field": post["file_field"],
             "expires_at": isoformat(post["expires_at"])}
 
