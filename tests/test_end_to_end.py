@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -193,3 +194,63 @@ def test_lambda_door_end_to_end(make_config, fake, s3rver, tmp_path):
         set_context(None)
         listener.stop()
     assert "Traceback" not in listener.log(), listener.log()
+
+
+def test_no_secret_reaches_an_answer_or_a_log_line(make_config, fake, s3rver, tmp_path, monkeypatch):
+    """SECRET_KEY, ADMIN_TOKEN and the S3 secret key appear in no response body or header and no log line.
+
+    One pass over every endpoint (answers and errors, both storages' worth of links) with
+    the API and the listener as real subprocesses; a failing job and a rejected graph make
+    the error paths log too.
+    """
+    # s3rver's own secret equals its access key id (which signed URLs carry by design); it does
+    # not check SigV4 signatures, so a distinctive secret key works and can be looked for.
+    s3_secret = "s3-secret-" + uuid.uuid4().hex
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_secret)
+    cfg = make_config(COMFYUI_URLS=fake.base_url, STORAGE_URL=f"s3://{s3rver.bucket}/secrets-{time.time_ns()}",
+                      S3_ENDPOINT_URL=s3rver.endpoint_url)
+    secrets_ = {"SECRET_KEY": cfg.secret_key, "ADMIN_TOKEN": cfg.admin_token, "S3 secret": s3_secret}
+    listener = start_listener(cfg, tmp_path)
+    api_proc, base = start_api(cfg, tmp_path)
+    answers = []
+
+    def call(method, path, body=None, headers=None, token=None):
+        h = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        r = requests.request(method, base + path, json=body, headers=h, timeout=10)
+        answers.append((f"{method} {path} -> {r.status_code}", r.text + json.dumps(dict(r.headers))))
+        return r
+
+    try:
+        wait_for(lambda: listener_connected(base), 30, f"listener never connected: {listener.log()}")
+        token = call("POST", "/v1/auth/dev", {"user": "carol"}).json()["token"]
+        call("GET", "/v1/workflows", token=token)
+        job_id = call("POST", "/v1/jobs", TXT2IMG, token=token).json()["job"]["id"]
+        poll_until_final(lambda: call("GET", f"/v1/jobs/{job_id}", token=token).json()["job"])
+        for image in call("GET", f"/v1/jobs/{job_id}/result", token=token).json()["images"]:
+            assert requests.get(image["url"], timeout=10).status_code == 200
+        fake.fail_next(at_step=1, message="boom")
+        failed = call("POST", "/v1/jobs", {**TXT2IMG, "params": {**TXT2IMG["params"], "seed": 9}}, token=token)
+        poll_until_final(lambda: call("GET", f"/v1/jobs/{failed.json()['job']['id']}", token=token).json()["job"])
+        call("GET", f"/v1/jobs/{failed.json()['job']['id']}/result", token=token)
+        call("POST", "/v1/uploads", {"content_type": "image/png", "size": 1000}, token=token)
+        call("POST", "/v1/uploads", {"content_type": {}, "size": 1000}, token=token)
+        call("GET", "/v1/usage?after_id=0", token=cfg.admin_token)
+        call("GET", "/v1/usage", token=token)
+        call("GET", "/v1/jobs", token=token + "x")
+        call("GET", "/v1/jobs", headers={"Authorization": f"Bearer {cfg.secret_key}"})
+        call("GET", "/healthz")
+        call("GET", "/v1/openapi.json")
+        call("POST", "/v1/jobs", {"workflow": "txt2img", "params": {"prompt": 5}}, token=token)
+        call("GET", "/v1/nowhere", token=token)
+    finally:
+        api_proc.stop()
+        listener.stop()
+    assert len(answers) >= 15
+    logs = {"api": api_proc.log(), "listener": listener.log()}
+    assert "job" in logs["api"] and "job" in logs["listener"], "the processes logged nothing: nothing was checked"
+    for name, secret in secrets_.items():
+        assert secret and len(secret) >= 8
+        for what, text in answers:
+            assert secret not in text, f"{name} in the answer to {what}"
+        for proc, text in logs.items():
+            assert secret not in text, f"{name} in the {proc} log"
