@@ -33,7 +33,7 @@ from shared.db import connect  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.tokens import issue_token  # noqa: E402
 from shared.users import get_or_create_user  # noqa: E402
-from tests.stack import start_api, wait_for  # noqa: E402
+from tests.stack import start_api  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef"
 

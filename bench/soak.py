@@ -62,7 +62,7 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ from shared.db import connect, query  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
 from tests.s3server import S3rverUnavailable, start_s3rver  # noqa: E402
-from tests.stack import start_api, start_listener  # noqa: E402
+from tests.stack import database_server, start_api, start_listener  # noqa: E402
 
 FINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("submitting", "queued", "running")
@@ -225,22 +225,6 @@ class Recorder:
 # The stack
 # ======================================================================================
 
-def database_server(explicit: str | None, workdir: Path):
-    """(server URL, private LocalDatabase or None)."""
-    url = explicit or os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    if url:
-        return DatabaseUrl.parse(url), None
-    candidate = DatabaseUrl(host="127.0.0.1", port=3306, user="root", password="", database="mysql")
-    try:
-        pymysql.connect(host=candidate.host, port=candidate.port, user="root", password="", connect_timeout=2).close()
-        return candidate, None
-    except pymysql.err.OperationalError:
-        pass
-    from shared.localdb import LocalDatabase
-    local = LocalDatabase(workdir / "mysql" / "data")
-    return local.start(), local
-
-
 class Stack:
     def __init__(self, args, workdir: Path):
         self.args = args
@@ -259,7 +243,9 @@ class Stack:
         self.lock = threading.Lock()
 
     def start(self) -> None:
-        server, self.local_db = database_server(self.args.database_url, self.workdir)
+        server, self.local_db = database_server(self.args.database_url or os.environ.get("TEST_DATABASE_URL")
+                                                 or os.environ.get("DATABASE_URL"),
+                                                 self.workdir / "mysql" / "data")
         self.db_name = f"gw_soak_{uuid.uuid4().hex[:10]}"
         self.admin = connect(server, database=False)
         with self.admin.cursor() as cur:
@@ -1088,7 +1074,7 @@ def main(argv=None) -> int:
             for r in records if r.spec.cancel_after is not None)
         print("cancel requests (answer->final status): "
               + " ".join(f"{k}={v}" for k, v in sorted(cancels.items(), key=str)))
-        print(f"checks: " + " ".join(f"{k}={c[k]}" for k in CHECK_KEYS)
+        print("checks: " + " ".join(f"{k}={c[k]}" for k in CHECK_KEYS)
               + f" resubmitted={checker.resubmitted} images_checked={c['images_checked']}")
         for line in checker.info[:10]:
             print(f"note: {line}")

@@ -1,6 +1,5 @@
 """POST /v1/jobs/{id}/cancel: take a queued job off ComfyUI's queue, or interrupt a running one."""
 
-from shared import jobs
 from shared.auth import authenticate
 from shared.limits import limit_user
 from shared.cancellation import cancel

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.db import execute, insert, query, query_one, utcnow
+from shared.db import execute, query, query_one, utcnow
 
 ACTIVE = ("submitting", "queued", "running")
 

@@ -14,13 +14,14 @@ import secrets
 import tempfile
 import uuid
 
-import pymysql
 import pytest
 
 from shared.config import Config, DatabaseUrl
 from shared.context import Context
 from shared.db import connect
+from shared.localdb import LocalDatabaseError
 from shared.migrate import migrate
+from tests.stack import database_server
 
 pytest_plugins = ["tests.s3server"]
 
@@ -29,19 +30,8 @@ SECRET = "test-secret-key-0123456789abcdef"
 
 
 def _server_url() -> tuple[DatabaseUrl, object]:
-    env = os.environ.get("TEST_DATABASE_URL")
-    if env:
-        return DatabaseUrl.parse(env), None
-    candidate = DatabaseUrl(host="127.0.0.1", port=3306, user="root", password="", database="mysql")
     try:
-        pymysql.connect(host=candidate.host, port=candidate.port, user="root", password="", connect_timeout=2).close()
-        return candidate, None
-    except pymysql.err.OperationalError:
-        pass
-    from shared.localdb import LocalDatabase, LocalDatabaseError
-    local = LocalDatabase(os.path.join(tempfile.mkdtemp(prefix="gw-testdb-"), "mysql"))
-    try:
-        return local.start(), local
+        return database_server(None, os.path.join(tempfile.mkdtemp(prefix="gw-testdb-"), "mysql"))
     except LocalDatabaseError as e:
         pytest.exit(f"the tests need MariaDB/MySQL: {e}", returncode=3)
 

@@ -13,11 +13,32 @@ import sys
 import time
 from pathlib import Path
 
+import pymysql
 import requests
 
-from shared.localdb import free_port
+from shared.config import DatabaseUrl
+from shared.localdb import LocalDatabase, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_server(explicit: str | None, data_dir: Path) -> tuple[DatabaseUrl, LocalDatabase | None]:
+    """The database server for a test run: explicit or TEST_DATABASE_URL, else 127.0.0.1:3306 as root
+    if it answers, else a private one started in data_dir (returned too, so the caller stops it).
+
+    A private server that cannot start raises LocalDatabaseError saying what to install.
+    """
+    url = explicit or os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return DatabaseUrl.parse(url), None
+    candidate = DatabaseUrl(host="127.0.0.1", port=3306, user="root", password="", database="mysql")
+    try:
+        pymysql.connect(host=candidate.host, port=candidate.port, user="root", password="", connect_timeout=2).close()
+        return candidate, None
+    except pymysql.err.OperationalError:
+        pass
+    local = LocalDatabase(str(data_dir))
+    return local.start(), local
 
 
 def config_env(cfg) -> dict:

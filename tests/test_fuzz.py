@@ -25,7 +25,6 @@ error shape with a code the description lists for that status.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import requests

@@ -7,9 +7,7 @@ import json
 import pytest
 
 from functions.app import create_app
-from shared import backends
 from shared.context import Context
-from shared.db import execute
 from shared.http import Request, from_lambda_event, run, to_lambda
 
 
@@ -66,7 +64,7 @@ def test_bad_submissions(client, token, body, raw, code, field):
 
 def test_no_backend_is_503_and_no_job_is_kept(client, token, db_conn):
     r = client.post("/v1/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}}, headers=auth(token))
-    err = assert_error(r, 503, "backend_unavailable")
+    assert_error(r, 503, "backend_unavailable")
     assert r.headers["Retry-After"]
     with db_conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) AS n FROM jobs")

@@ -11,7 +11,7 @@ import requests
 from functions.app import create_app
 from listener.connection import Listener
 from shared.context import Context
-from shared.db import connect, execute
+from shared.db import execute
 from tests.fakes.comfyui import FakeComfy, make_png
 from tests.listener.conftest import FAST
 from tests.stack import wait_for

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from listener.connection import Listener
-from shared import backends
 from shared.context import Context
 from shared.db import connect, query, query_one
 from shared.submission import submit

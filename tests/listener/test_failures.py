@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 
-from listener.reconcile import reconcile
 from shared import jobs
 from shared.db import connect, execute
 from tests.listener.conftest import FAST, txt2img
