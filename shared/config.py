@@ -10,6 +10,7 @@ The README's configuration table lists exactly the variables in ``SETTINGS``
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ def _float(lo: float = 0.0):
             raise ValueError("must be a number") from None
         if not n >= lo:
             raise ValueError(f"must be at least {lo}")
+        if not math.isfinite(n):
+            raise ValueError("must be a finite number")
         return n
     return parse
 

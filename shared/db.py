@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "the server is not there", not "the query is wrong".
 UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, OSError)
+# OperationalErrors that are about the data, not the server: a failed CHECK constraint
+# (MariaDB 4025, MySQL 3819). Answering them 503 would have apps retry a request that
+# can never succeed.
+DATA_ERRORS = (3819, 4025)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in DATA_ERRORS:
+        return False
+    return isinstance(exc, UNAVAILABLE)
 
 
 def utcnow() -> datetime:
@@ -91,6 +101,8 @@ class Database:
         try:
             yield conn
         except UNAVAILABLE as e:
+            if not _unavailable(e):
+                raise
             self._drop()
             log.warning("database connection lost: %s", type(e).__name__)
             raise DatabaseUnavailableError(retry_after=2) from e

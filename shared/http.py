@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from shared.errors import (ApiError, InvalidJsonError, PayloadTooLargeError, UnauthorizedError,
-                           render_error)
+from shared.errors import (ApiError, InvalidJsonError, PayloadTooLargeError, StorageUnavailableError,
+                           UnauthorizedError, render_error)
+from shared.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Request:
             raise InvalidJsonError() from None
         if not isinstance(data, dict):
             raise InvalidJsonError("request body must be a JSON object")
+        if b"\\u" in self.body and not _is_text(data):
+            # JSON can spell a lone UTF-16 surrogate ("\ud800"); it is no character and no
+            # database, log line or response could hold it.
+            raise InvalidJsonError("request body has an invalid \\u escape (a lone surrogate)")
         return data
 
     def bearer(self) -> str:
@@ -57,6 +62,25 @@ class Request:
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("missing bearer token")
         return token.strip()
+
+
+def _is_text(value) -> bool:
+    """True when every string (keys included) in a parsed JSON value is valid Unicode text."""
+    if isinstance(value, str):
+        return value.isascii() or _encodes(value)
+    if isinstance(value, dict):
+        return all(_is_text(k) and _is_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_text(v) for v in value)
+    return True
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 @dataclass
@@ -77,7 +101,11 @@ class Response:
             return b""
         if isinstance(self.body, bytes):
             return self.body
-        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text = json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from somewhere: keep it as its JSON escape
+            return text.encode("utf-8", "backslashreplace")
 
 
 def json_response(status: int, body: dict, headers: dict | None = None) -> Response:
@@ -97,7 +125,10 @@ def run(core, ctx_factory, req: Request) -> Response:
     try:
         return core(ctx_factory(), req)
     except Exception as exc:  # the one place errors are rendered
-        if not isinstance(exc, ApiError):
+        if isinstance(exc, StorageError):
+            log.warning("storage unavailable in %s %s: %s", req.method, req.path, exc)
+            exc = StorageUnavailableError(retry_after=5)
+        elif not isinstance(exc, ApiError):
             log.error("unhandled error in %s %s", req.method, req.path, exc_info=exc)
             exc = ApiError()
         status, headers, body = render_error(exc)
@@ -166,5 +197,8 @@ def query_time(req: Request, name: str):
     except ValueError:
         raise InvalidParamsError(f"{name} must be an ISO 8601 time", details={name: "ISO 8601 time"}) from None
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # year 1 or 9999 pushed past the calendar by its offset
+            raise InvalidParamsError(f"{name} is out of range", details={name: "ISO 8601 time"}) from None
     return value

@@ -36,6 +36,8 @@ def issue_token(key: str, user_id: str, ttl: int, *, now: float | None = None) -
 
 def verify_token(keys, token: str, *, now: float | None = None) -> str:
     """Return the user id of a valid token, else raise 401 (unauthorized or token_expired)."""
+    if not token.isascii():
+        raise UnauthorizedError("malformed token")
     payload, sep, signature = token.partition(".")
     if not sep or not payload or not signature:
         raise UnauthorizedError("malformed token")

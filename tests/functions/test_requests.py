@@ -51,6 +51,11 @@ def assert_error(resp, status, code):
     ({"workflow": "txt2img", "params": {"prompt": "x", "steps": "many"}}, None, "invalid_params", "steps"),
     ({"workflow": "txt2img", "params": {"prompt": "x", "bogus": 1}}, None, "invalid_params", "bogus"),
     ({"workflow": "txt2img", "params": {"prompt": ["6", 0]}}, None, "invalid_params", "prompt"),
+    # A lone UTF-16 surrogate is valid JSON but no text: 400, not a 500 or a 503 from the database.
+    (None, b'{"workflow": "txt2img", "params": {"prompt": "a \\ud800 cat"}}', "invalid_json", None),
+    (None, b'{"workflow": "txt2img", "params": {"prompt": "x"}, "\\udfff": 1}', "invalid_json", None),
+    (None, b'{"workflow": "txt2img", "params": {"prompt": "x"}, "inputs": {"image": "\\ud83d"}}',
+     "invalid_json", None),
 ])
 def test_bad_submissions(client, token, body, raw, code, field):
     if raw is not None:
@@ -76,6 +81,8 @@ def test_no_backend_is_503_and_no_job_is_kept(client, token, db_conn):
     ({"Authorization": "Basic abc"}, "unauthorized"),
     ({"Authorization": "Bearer nonsense"}, "unauthorized"),
     ({"Authorization": "Bearer eyJzdWIiOiJ4IiwiZXhwIjoxfQ.AAAA"}, "unauthorized"),
+    ({"Authorization": "Bearer \u00e9.x"}, "unauthorized"),        # not ASCII: no 500 from the signer
+    ({"Authorization": "Bearer eyJzdWIiOiJ4In0.\u00e9"}, "unauthorized"),  # nor from compare_digest
 ])
 def test_bad_tokens(client, headers, code):
     assert_error(client.get("/v1/workflows", headers=headers), 401, code)

@@ -25,6 +25,9 @@ def test_defaults_are_valid():
     ({"PUBLIC_BASE_URL": "example.com"}, "PUBLIC_BASE_URL"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"COMFYUI_TIMEOUT": "-1"}, "COMFYUI_TIMEOUT"),
+    ({"COMFYUI_TIMEOUT": "inf"}, "COMFYUI_TIMEOUT"),
+    ({"WATCHDOG_S": "1e999"}, "WATCHDOG_S"),
+    ({"RUN_TIMEOUT_S": "nan"}, "RUN_TIMEOUT_S"),
 ])
 def test_invalid_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError, match=f"^{variable}:"):
