@@ -49,7 +49,8 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
             if any(e.prompt_id == job_id for e in running):
                 comfy.interrupt(job_id)  # the listener marks it cancelled on execution_interrupted
                 log.info("job %s: interrupt requested", job_id)
-            elif not any(e.prompt_id == job_id for e in pending) and comfy.history(job_id) is None:
+            elif (job["status"] != "submitting"  # its POST may be in flight: the sweep settles it after the grace
+                  and not any(e.prompt_id == job_id for e in pending) and comfy.history(job_id) is None):
                 with ctx.db.transaction() as conn:
                     if jobs.mark_cancelled(conn, job_id):
                         log.info("job %s: cancelled", job_id)

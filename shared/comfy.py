@@ -5,6 +5,7 @@ Exceptions::
 
     ComfyError
      ├── ComfyUnavailableError   refused, reset, timed out, 5xx: try later / elsewhere
+     │    ├── ComfyUnreachableError  no connection was made: the request certainly never arrived
      │    └── ComfyTimeoutError  the request may have reached ComfyUI (read timeout)
      ├── ComfyRejectedError      400 on /prompt: the graph is invalid (``error``, ``node_errors``)
      └── ComfyProtocolError      an answer that is not what ComfyUI says (HTML, bad JSON, bad shape)
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,10 @@ class ComfyError(Exception):
 
 class ComfyUnavailableError(ComfyError):
     """ComfyUI did not answer usefully: refused, reset, timed out or 5xx."""
+
+
+class ComfyUnreachableError(ComfyUnavailableError):
+    """No connection could be made (refused, unresolvable, connect timeout): nothing was sent."""
 
 
 class ComfyTimeoutError(ComfyUnavailableError):
@@ -67,6 +73,13 @@ def ws_url(base_url: str, client_id: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", f"clientId={client_id}", ""))
 
 
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when requests failed before a connection existed (so nothing was sent)."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
 class ComfyClient:
     """One ComfyUI server, through a requests session."""
 
@@ -80,9 +93,13 @@ class ComfyClient:
         try:
             resp = self.session.request(method, self.base_url + path, **kwargs)
         except requests.ConnectTimeout as e:
-            raise ComfyUnavailableError(f"{method} {path}: connect timeout") from e
+            raise ComfyUnreachableError(f"{method} {path}: connect timeout") from e
         except requests.Timeout as e:
             raise ComfyTimeoutError(f"{method} {path}: no answer within {kwargs['timeout']}s") from e
+        except requests.ConnectionError as e:
+            if _never_connected(e):
+                raise ComfyUnreachableError(f"{method} {path}: connection refused") from e
+            raise ComfyUnavailableError(f"{method} {path}: {type(e).__name__}") from e
         except requests.RequestException as e:
             raise ComfyUnavailableError(f"{method} {path}: {type(e).__name__}") from e
         if resp.status_code >= 500:

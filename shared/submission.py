@@ -15,11 +15,12 @@ import uuid
 import pymysql
 
 from shared import backends, jobs, limits
-from shared.comfy import ComfyRejectedError, ComfyTimeoutError, ComfyUnavailableError, ComfyError
+from shared.comfy import ComfyError, ComfyRejectedError, ComfyUnreachableError
 from shared.errors import (BackendUnavailableError, ConflictError, InvalidParamsError, UnknownWorkflowError,
                            WorkflowRejectedError)
 from shared.http import check_fields
 from shared.uploads import check_upload, send_to_comfy
+from shared.usage import write_usage
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +99,24 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
         number = comfy.submit(graph, client_id=backend["client_id"], prompt_id=job_id)
     except ComfyRejectedError as e:
         log.info("job %s: ComfyUI rejected the prompt: %s", job_id, e)
-        with ctx.db.connection() as conn:
+        with ctx.db.transaction() as conn:
             jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}")
+            write_usage(conn, job_id, backend["url"])
         raise WorkflowRejectedError(f"ComfyUI rejected the workflow: {e}",
                                     details={"node_errors": e.node_errors, "error": e.error}) from None
-    except ComfyTimeoutError:
-        # It may have been accepted: keep the row; the listener's sweep asks ComfyUI and settles it.
-        log.warning("job %s: POST /prompt timed out on %s; left for the sweep", job_id, backend["url"])
-        with ctx.db.connection() as conn:
-            return 202, jobs.get_job(conn, job_id)
-    except (ComfyUnavailableError, ComfyError) as e:
-        log.warning("job %s: %s unavailable: %s", job_id, backend["url"], e)
+    except ComfyUnreachableError as e:
+        # Nothing was sent: forget the job, the app may simply try again.
+        log.warning("job %s: %s unreachable: %s", job_id, backend["url"], e)
         with ctx.db.connection() as conn:
             jobs.delete_unsubmitted(conn, job_id)
         raise BackendUnavailableError("the ComfyUI server did not accept the job; try again", retry_after=5) from None
+    except ComfyError as e:
+        # A read timeout, a reset, a proxy's 5xx, a garbled answer: ComfyUI may have queued it.
+        # Keep the row; the listener's sweep asks ComfyUI and settles it (queued, or submitted
+        # again under the same prompt id), so an app retry can never make a second image.
+        log.warning("job %s: POST /prompt on %s ended unclear (%s); left for the sweep", job_id, backend["url"], e)
+        with ctx.db.connection() as conn:
+            return 202, jobs.get_job(conn, job_id)
     with ctx.db.connection() as conn:
         jobs.mark_submitted(conn, job_id, number)
         row = jobs.get_job(conn, job_id)

@@ -1,0 +1,120 @@
+"""POST /v1/jobs when ComfyUI answers badly: rejected graphs, refused connections, unclear answers.
+
+The API runs in-process (Flask door) with a real listener thread on a fake ComfyUI,
+so the backend is connected and submissions really reach the fake.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from functions.app import create_app
+from listener.connection import Listener
+from shared.comfy import ComfyClient, ComfyUnavailableError, ComfyUnreachableError
+from shared.context import Context
+from shared.localdb import free_port
+from tests.fakes.comfyui import FakeComfy
+from tests.listener.conftest import FAST
+from tests.stack import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = {"workflow": "txt2img", "params": {"prompt": "a cat", "width": 64, "height": 64, "steps": 2}}
+
+
+@pytest.fixture
+def fake():
+    with FakeComfy(step_delay=0.01) as f:
+        yield f
+
+
+@pytest.fixture
+def workflows_dir(tmp_path):
+    """The shipped workflows plus `broken`: txt2img with a checkpoint ComfyUI does not have, fixed in the graph."""
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    for f in (ROOT / "workflows").glob("*.json"):
+        shutil.copy(f, folder / f.name)
+    wf = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    wf["graph"]["4"]["inputs"]["ckpt_name"] = "no-such-model.safetensors"
+    del wf["params"]["checkpoint"]
+    (folder / "broken.json").write_text(json.dumps(wf))
+    return folder
+
+
+@pytest.fixture
+def stack(make_config, db_conn, fake, workflows_dir):
+    ctx = Context(make_config(COMFYUI_URLS=fake.base_url, WORKFLOWS_DIR=str(workflows_dir), **FAST))
+    listener = Listener(ctx)
+    listener.start()
+    client = create_app(lambda: ctx).test_client()
+    wait_for(lambda: client.get("/healthz").get_json()["backends"][0]["listener_connected"], 20, "no listener")
+    token = client.post("/v1/auth/dev", json={"user": "alice"}).get_json()["token"]
+    yield ctx, client, {"Authorization": f"Bearer {token}"}
+    listener.stop()
+
+
+def rows(db_conn, sql, args=()):
+    with db_conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def test_a_rejected_graph_is_422_with_node_errors_and_a_failed_billed_job(stack, fake, db_conn):
+    ctx, client, h = stack
+    r = client.post("/v1/jobs", json={**BODY, "workflow": "broken"}, headers=h)
+    assert r.status_code == 422, r.get_data(as_text=True)
+    error = r.get_json()["error"]
+    assert error["code"] == "workflow_rejected"
+    assert error["details"]["error"]["type"] == "prompt_outputs_failed_validation"
+    node = error["details"]["node_errors"]["4"]
+    assert node["class_type"] == "CheckpointLoaderSimple"
+    assert any("no-such-model.safetensors" in e["details"] for e in node["errors"])
+    [job] = rows(db_conn, "SELECT id, status, error_code FROM jobs")
+    assert (job["status"], job["error_code"]) == ("failed", "execution_error")
+    [usage] = rows(db_conn, "SELECT job_id, status, images FROM usage_records")
+    assert (usage["job_id"], usage["status"], usage["images"]) == (job["id"], "failed", 0)
+    assert fake.prompts == []
+
+
+def test_an_unclear_answer_keeps_the_job_for_the_sweep(stack, fake, db_conn):
+    """A proxy's 502 on POST /prompt: ComfyUI may have queued it, so the job is kept, never deleted."""
+    ctx, client, h = stack
+    fake.fail_http("/prompt", status=502, html=True)
+    r = client.post("/v1/jobs", json=BODY, headers=h)
+    assert r.status_code == 202, r.get_data(as_text=True)
+    job = r.get_json()["job"]
+    assert job["status"] == "queued"
+    [row] = rows(db_conn, "SELECT id, status FROM jobs")
+    assert (row["id"], row["status"]) == (job["id"], "submitting")
+
+
+def test_a_refused_connection_is_503_and_keeps_no_job(make_config, db_conn, fake, stack):
+    """Nothing reached ComfyUI: 503 backend_unavailable with Retry-After, and no row is left behind."""
+    ctx, client, h = stack
+    fresh = Context(ctx.config)  # no kept-alive connection to the fake: the next one is refused
+    fresh_client = create_app(lambda: fresh).test_client()
+    fake.reject_connections(True)
+    try:
+        r = fresh_client.post("/v1/jobs", json=BODY, headers=h)
+    finally:
+        fake.reject_connections(False)
+    assert r.status_code == 503, r.get_data(as_text=True)
+    assert r.get_json()["error"]["code"] == "backend_unavailable" and r.headers["Retry-After"]
+    assert rows(db_conn, "SELECT id FROM jobs") == ()
+    fresh.db.close()
+
+
+def test_the_client_tells_refused_from_unclear(fake):
+    import requests
+    with requests.Session() as s:
+        dead = ComfyClient(s, f"http://127.0.0.1:{free_port()}", timeout=2)
+        with pytest.raises(ComfyUnreachableError):
+            dead.queue()
+        fake.fail_http("/queue", status=502)
+        with pytest.raises(ComfyUnavailableError) as e:
+            ComfyClient(s, fake.base_url, timeout=2).queue()
+        assert not isinstance(e.value, ComfyUnreachableError)
