@@ -8,7 +8,8 @@ import pytest
 
 from functions.app import create_app
 from shared.context import Context
-from shared.http import Request, from_lambda_event, run, to_lambda
+from shared.http import Request, from_lambda_event, json_response, run, to_lambda
+from shared.storage import StorageError
 
 
 @pytest.fixture
@@ -136,6 +137,20 @@ def test_unexpected_exception_is_a_bare_500(app_ctx, caplog):
     body = json.loads(resp.body_bytes())
     assert resp.status == 500 and body == {"error": {"code": "internal_error", "message": "internal error"}}
     assert "secret internals" in caplog.text  # logged once, with its traceback, never returned
+
+
+def test_a_storage_failure_is_503_storage_unavailable(app_ctx):
+    def storing(ctx, req):
+        raise StorageError("s3 said SlowDown")
+    resp = run(storing, lambda: app_ctx, Request(method="GET", path="/x"))
+    body = json.loads(resp.body_bytes())
+    assert resp.status == 503 and body["error"]["code"] == "storage_unavailable" and resp.headers["Retry-After"]
+    assert "SlowDown" not in body["error"]["message"]
+
+
+def test_a_lone_surrogate_in_an_answer_is_still_valid_json():
+    resp = json_response(400, {"error": {"code": "invalid_params", "message": "x", "details": {"\ud800": "unknown"}}})
+    assert json.loads(resp.body_bytes()) == resp.body
 
 
 def test_database_down_is_503(make_config, db_conn):
