@@ -1,7 +1,7 @@
 """The Flask app that mounts every function core (the gunicorn door).
 
-``ROUTES`` is the one table of the HTTP API; serverless.yml maps the same
-paths to each module's Lambda ``handler``.
+``functions.routes.ROUTES`` is the one table of the HTTP API; serverless.yml
+maps the same paths to each module's Lambda ``handler`` (tests keep them in step).
 """
 
 from __future__ import annotations
@@ -10,29 +10,11 @@ import logging
 
 from flask import Flask, Response as FlaskResponse, request
 
-from functions import auth, cancel, files, health, jobs, openapi, result, status, submit, uploads, usage, workflows
+from functions.routes import ROUTES
 from shared.errors import ApiError, MethodNotAllowedError, NotFoundError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
 
 log = logging.getLogger(__name__)
-
-# (method, Flask rule, core)
-ROUTES = [
-    ("POST", "/v1/auth/wechat", auth.wechat_login),
-    ("POST", "/v1/auth/dev", auth.dev_login),
-    ("GET", "/v1/workflows", workflows.list_workflows),
-    ("POST", "/v1/jobs", submit.submit_job),
-    ("GET", "/v1/jobs", jobs.list_jobs),
-    ("GET", "/v1/jobs/<id>", status.get_status),
-    ("POST", "/v1/jobs/<id>/cancel", cancel.cancel_job),
-    ("GET", "/v1/jobs/<id>/result", result.get_result),
-    ("POST", "/v1/uploads", uploads.new_upload),
-    ("GET", "/v1/files/<path:key>", files.download),
-    ("POST", "/v1/files", files.upload),
-    ("GET", "/v1/usage", usage.list_usage),
-    ("GET", "/healthz", health.health),
-    ("GET", "/v1/openapi.json", openapi.get_openapi),
-]
 
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -66,12 +48,19 @@ def _max_upload(ctx_factory) -> int:
         return 10 * 1024 * 1024
 
 
-def create_app(ctx_factory=None) -> Flask:
-    """Build the Flask app; ``ctx_factory`` returns the Context (default: from the environment)."""
+def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
+    """Build the Flask app; ``ctx_factory`` returns the Context (default: from the environment).
+
+    With ``trusted_proxies`` > 0 the client address is taken from X-Forwarded-For,
+    that many hops from the right (what the proxies appended, not what a client wrote).
+    """
     if ctx_factory is None:
         from shared.context import get_context
         ctx_factory = get_context
     app = Flask(__name__)
+    if trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
     # Large enough for a local-storage image upload; JSON bodies have their own, smaller limit.
     app.config["MAX_CONTENT_LENGTH"] = max(MAX_REQUEST_BYTES, _max_upload(ctx_factory) + 64 * 1024)
 

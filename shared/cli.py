@@ -87,7 +87,7 @@ def cmd_serve(args) -> int:
             self.cfg.set("accesslog", "-" if args.access_log else None)
 
         def load(self):
-            return create_app()
+            return create_app(trusted_proxies=cfg.trusted_proxies)
 
     App().run()
     return 0

@@ -205,6 +205,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Submit, cancel and upload requests per user per minute (0 = no limit)."),
     Setting("LOGIN_RATE_LIMIT_PER_MINUTE", "login_rate_limit_per_minute", _int(0), 20,
             "Login requests per client IP per minute (0 = no limit)."),
+    Setting("TRUSTED_PROXIES", "trusted_proxies", _int(0, 10), 0,
+            "Reverse proxies in front of `gateway serve` that append to X-Forwarded-For; the client IP (login "
+            "rate limit) is read that many hops from the right. 0 = the connecting peer. Not used on Lambda."),
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
@@ -248,6 +251,7 @@ class Config:
     daily_job_quota: int
     rate_limit_per_minute: int
     login_rate_limit_per_minute: int
+    trusted_proxies: int
     log_level: str
 
     @classmethod
@@ -282,6 +286,14 @@ class Config:
         if not self.secret_key or len(self.secret_key) < 16:
             raise ConfigError("SECRET_KEY: must be set to a random string of at least 16 characters")
         return self.secret_key
+
+    def require_lambda_ready(self) -> None:
+        """What a Lambda deployment cannot run without (it has no shared disk and no `gateway dev`)."""
+        self.require_secret_key()
+        if self.database_url is None:
+            raise ConfigError("DATABASE_URL: must be set on Lambda")
+        if not self.storage_url.startswith("s3://"):
+            raise ConfigError("STORAGE_URL: must be an s3:// URL on Lambda (a function's disk is not shared)")
 
     def __repr__(self) -> str:
         shown = {f.name: ("***" if f.name in _SECRET_FIELDS and getattr(self, f.name) else getattr(self, f.name))

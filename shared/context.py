@@ -7,6 +7,7 @@ first use, so a cold start pays only for what the called function touches.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from functools import cached_property
 
@@ -105,6 +106,8 @@ def get_context() -> Context:
                 config = Config.from_env()
                 logging.basicConfig(level=config.log_level.upper(),
                                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+                    config.require_lambda_ready()  # refuse every request, loudly, rather than misbehave
                 _context = Context(config)
     return _context
 

@@ -72,6 +72,19 @@ def test_login_rate_limit_per_ip(make_config, db_conn):
     assert int(r.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.parametrize("proxies, forwarded, separate", [
+    (0, ["198.51.100.1", "198.51.100.2", "198.51.100.3"], False),  # no proxy trusted: the peer is the client
+    (1, ["198.51.100.1", "198.51.100.2", "198.51.100.3"], True),   # one proxy: its X-Forwarded-For entry
+    (1, ["6.6.6.6, 198.51.100.9"] * 3, False),                     # a client's own entry is not believed
+])
+def test_login_rate_limit_behind_proxies(make_config, db_conn, proxies, forwarded, separate):
+    ctx = Context(make_config(LOGIN_RATE_LIMIT_PER_MINUTE="2"))
+    client = create_app(lambda: ctx, trusted_proxies=proxies).test_client()
+    codes = [client.post("/v1/auth/dev", json={"user": "a"}, headers={"X-Forwarded-For": f}).status_code
+             for f in forwarded]
+    assert codes == ([200, 200, 200] if separate else [200, 200, 429])
+
+
 def test_active_jobs_and_daily_quota(make_config, db_conn):
     ctx = Context(make_config(MAX_ACTIVE_JOBS="2", DAILY_JOB_QUOTA="3"))
     client = create_app(lambda: ctx).test_client()
