@@ -37,12 +37,16 @@ def prune(conn, *, older_than_s: int = 3600) -> int:
                    (utcnow() - timedelta(seconds=older_than_s),))
 
 
-def check_job_limits(conn, user_id: str, *, max_active: int, daily_quota: int) -> None:
-    """Lock the user's row and enforce the active-job limit and the daily quota (0 = unlimited).
-
-    Call inside the transaction that inserts the job.
-    """
+def lock_user(conn, user_id: str) -> None:
+    """Serialize one user's submissions: lock their row until the transaction ends."""
     query_one(conn, "SELECT id FROM users WHERE id=%s FOR UPDATE", (user_id,))
+
+
+def check_job_limits(conn, user_id: str, *, max_active: int, daily_quota: int) -> None:
+    """Enforce the active-job limit and the daily quota (0 = unlimited).
+
+    Call inside the transaction that inserts the job, after ``lock_user``.
+    """
     now = utcnow()
     if max_active > 0:
         active = query_one(conn, "SELECT COUNT(*) AS n FROM jobs WHERE user_id=%s "

@@ -81,6 +81,12 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
     job_id = str(uuid.uuid4())
     try:
         with ctx.db.transaction() as conn:
+            limits.lock_user(conn, user_id)
+            # A request with the same key may have committed while this one waited for the lock:
+            # it is a replay, not a job that counts against the limits.
+            existing = jobs.find_by_idempotency_key(conn, user_id, idempotency_key) if idempotency_key else None
+            if existing:
+                return _replay(existing, digest)
             limits.check_job_limits(conn, user_id, max_active=ctx.config.max_active_jobs,
                                     daily_quota=ctx.config.daily_job_quota)
             jobs.create_job(conn, job_id=job_id, user_id=user_id, workflow=workflow.name, params=resolved,

@@ -118,3 +118,28 @@ def test_the_client_tells_refused_from_unclear(fake):
         with pytest.raises(ComfyUnavailableError) as e:
             ComfyClient(s, fake.base_url, timeout=2).queue()
         assert not isinstance(e.value, ComfyUnreachableError)
+
+
+def test_concurrent_replays_at_the_active_job_limit_are_replays_not_429(stack, fake, make_config, workflows_dir):
+    """With one active job allowed, requests racing with one Idempotency-Key all get that job."""
+    import threading
+    ctx, _, h = stack
+    limited = Context(make_config(COMFYUI_URLS=fake.base_url, WORKFLOWS_DIR=str(workflows_dir),
+                                  MAX_ACTIVE_JOBS="1", RATE_LIMIT_PER_MINUTE="0"))
+    fake.pause()  # the job stays active throughout
+    clients = [create_app(lambda: limited).test_client() for _ in range(4)]
+    answers = []
+    for c in clients:
+        c.get("/healthz")  # warm each app before the race
+    threads = [threading.Thread(target=lambda c=c: answers.append(
+        c.post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "one"}))) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fake.resume()
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 202], [a.get_json() for a in answers]
+    assert len({a.get_json()["job"]["id"] for a in answers}) == 1
+    other = clients[0].post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "two"})
+    assert other.status_code == 429 and other.get_json()["error"]["code"] == "too_many_active_jobs"
+    limited.db.close()
