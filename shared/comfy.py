@@ -222,25 +222,38 @@ class ComfyClient:
 
 
 class ChoicesCache:
-    """Caches the choices a server offers for combo inputs (workflow `enum_from`)."""
+    """Caches the choices a server offers for combo inputs (workflow `enum_from`).
+
+    A failed look-up is remembered for ``FAILURE_TTL`` seconds too, so a server that
+    is down costs one timeout per class and window, not one per request and parameter.
+    """
+
+    FAILURE_TTL = 10.0
 
     def __init__(self, ttl: float):
         self.ttl = ttl
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[float, dict]] = {}
+        self._failed: dict[tuple[str, str], float] = {}
 
     def object_info(self, client: ComfyClient, class_type: str) -> dict | None:
         key = (client.base_url, class_type)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
+            failed_at = self._failed.get(key)
         if hit and now - hit[0] < self.ttl:
             return hit[1]
+        if failed_at is not None and now - failed_at < min(self.FAILURE_TTL, self.ttl or self.FAILURE_TTL):
+            return hit[1] if hit else None
         try:
             info = client.object_info(class_type)
         except ComfyError as e:
             log.warning("object_info %s from %s failed: %s", class_type, client.base_url, e)
+            with self._lock:
+                self._failed[key] = now
             return hit[1] if hit else None  # a stale answer beats none
         with self._lock:
             self._cache[key] = (now, info)
+            self._failed.pop(key, None)
         return info

@@ -40,7 +40,7 @@ def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
     """One job with its queue position, in one indexed read (None if not found or not the user's)."""
     sql = f"""SELECT {_COLUMNS},
               (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
-                 AND q.number < j.number) AS ahead
+                 AND (j.number IS NULL OR q.number < j.number)) AS ahead
               FROM jobs j WHERE j.id=%s"""
     args = [job_id]
     if user_id is not None:

@@ -83,13 +83,17 @@ def test_a_rejected_graph_is_422_with_node_errors_and_a_failed_billed_job(stack,
 def test_an_unclear_answer_keeps_the_job_for_the_sweep(stack, fake, db_conn):
     """A proxy's 502 on POST /prompt: ComfyUI may have queued it, so the job is kept, never deleted."""
     ctx, client, h = stack
+    fake.pause()
+    first = client.post("/v1/jobs", json=BODY, headers=h).get_json()["job"]
     fake.fail_http("/prompt", status=502, html=True)
     r = client.post("/v1/jobs", json=BODY, headers=h)
     assert r.status_code == 202, r.get_data(as_text=True)
     job = r.get_json()["job"]
     assert job["status"] == "queued"
-    [row] = rows(db_conn, "SELECT id, status FROM jobs")
-    assert (row["id"], row["status"]) == (job["id"], "submitting")
+    assert job["queue_position"] == 1  # behind the first, though ComfyUI gave it no number yet
+    assert dict((row["id"], row["status"]) for row in rows(db_conn, "SELECT id, status FROM jobs")) == {
+        first["id"]: "queued", job["id"]: "submitting"}
+    fake.resume()
 
 
 def test_a_refused_connection_is_503_and_keeps_no_job(make_config, db_conn, fake, stack):
