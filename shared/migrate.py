@@ -32,6 +32,9 @@ def migration_files(directory: Path = SQL_DIR) -> list[tuple[str, Path]]:
         if not m:
             raise MigrationError(f"{path.name}: schema files are named NNNN_description.sql")
         files.append((m.group(1), path))
+    if not files:
+        raise MigrationError(f"no schema files in {directory}: run from a checkout of the project (sql/ is not "
+                             "installed as a package)")
     versions = [v for v, _ in files]
     if len(set(versions)) != len(versions):
         raise MigrationError("two schema files share a number")
@@ -59,11 +62,13 @@ def migrate(conn, directory: Path = SQL_DIR, *, lock_timeout: int = 120) -> list
             if version in done:
                 continue
             log.info("applying %s", path.name)
-            for statement in split_statements(path.read_text(encoding="utf-8")):
+            for n, statement in enumerate(split_statements(path.read_text(encoding="utf-8")), 1):
                 try:
                     execute(conn, statement)
                 except Exception as e:
-                    raise MigrationError(f"{path.name}: {e}") from e
+                    # MySQL commits DDL statement by statement: say how far the file got.
+                    raise MigrationError(f"{path.name}: statement {n} failed ({e}); statements before it "
+                                         "were applied and are not undone") from e
             execute(conn, "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
                     (version, path.name, utcnow()))
             applied.append(version)

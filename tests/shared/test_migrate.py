@@ -63,3 +63,20 @@ def test_bad_file_names_are_refused(tmp_path):
 def test_split_statements_skips_comments():
     text = "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\n-- b\nCREATE TABLE b (y INT);\n"
     assert split_statements(text) == ["CREATE TABLE a (x INT)", "CREATE TABLE b (y INT)"]
+
+
+def test_no_schema_files_is_an_error_not_an_empty_success(tmp_path):
+    with pytest.raises(MigrationError, match="no schema files"):
+        migration_files(tmp_path)
+
+
+def test_a_failing_statement_says_how_far_its_file_got(empty_database, tmp_path):
+    (tmp_path / "0001_two.sql").write_text("CREATE TABLE t1 (id INT PRIMARY KEY);\nCREATE TABLE broken (;\n")
+    conn = connect(empty_database)
+    try:
+        with pytest.raises(MigrationError, match=r"0001_two.sql: statement 2 failed .* not undone"):
+            migrate(conn, tmp_path)
+        assert "t1" in tables(conn) and "0001" not in {r["version"] for r in query(
+            conn, "SELECT version FROM schema_migrations")}
+    finally:
+        conn.close()
