@@ -155,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SECRET_KEY", "secret_key", _str, None,
             "Signs tokens and local-storage URLs. `gateway serve` refuses to start without it; `gateway dev` makes one."),
     Setting("SECRET_KEY_PREVIOUS", "secret_key_previous", _str, None,
-            "The key before a rotation: tokens it signed stay valid until they expire. Remove it after TOKEN_TTL."),
+            "The key before a rotation: tokens and local-storage links it signed stay valid until they expire. Remove it after TOKEN_TTL."),
     Setting("TOKEN_TTL", "token_ttl", _int(60, 90 * 86400), 7 * 86400, "Seconds a login token stays valid."),
     Setting("WORKFLOWS_DIR", "workflows_dir", _str, str(PROJECT_ROOT / "workflows"),
             "Folder of workflow files (<name>.json)."),

@@ -515,12 +515,14 @@ class LocalStore(ObjectStore):
 
     SIDECAR_SUFFIX = ".content-type"
 
-    def __init__(self, root: str, public_base_url: str, secret: str):
+    def __init__(self, root: str, public_base_url: str, secret: str, previous_secret: str | None = None):
         if not secret:
             raise ValueError("LocalStore needs a secret to sign its links")
         self.root = os.path.abspath(root)
         self.public_base_url = public_base_url.rstrip("/")
         self._secret = secret.encode("utf-8")
+        # Links and forms signed before a SECRET_KEY rotation stay good until they expire.
+        self._previous = previous_secret.encode("utf-8") if previous_secret else None
 
     def __repr__(self) -> str:
         return f"LocalStore(root={self.root!r}, public_base_url={self.public_base_url!r})"
@@ -669,14 +671,15 @@ class LocalStore(ObjectStore):
 
     # -- signed links
 
-    def _sign(self, message: str) -> str:
-        return hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).hexdigest()
+    def _sign(self, message: str, secret: bytes | None = None) -> str:
+        return hmac.new(secret or self._secret, message.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def _check_signature(self, message: str, signature) -> None:
-        expected = self._sign(message).encode("ascii")
         given = signature.encode("utf-8", "replace") if isinstance(signature, str) else b""
-        if not hmac.compare_digest(expected, given):
-            raise SignatureError("signature does not match")
+        for secret in filter(None, (self._secret, self._previous)):
+            if hmac.compare_digest(self._sign(message, secret).encode("ascii"), given):
+                return
+        raise SignatureError("signature does not match")
 
     @staticmethod
     def _parse_int(name: str, value) -> int:
@@ -770,5 +773,6 @@ def open_store(config) -> ObjectStore:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"STORAGE_URL: file URLs must be local (file:///path), not {parts.netloc!r}")
-        return LocalStore(unquote(parts.path), config.public_base_url, config.require_secret_key())
+        return LocalStore(unquote(parts.path), config.public_base_url, config.require_secret_key(),
+                          config.secret_key_previous)
     raise ConfigError("STORAGE_URL: must be s3://bucket/prefix or file:///path")

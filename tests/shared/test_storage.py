@@ -550,6 +550,21 @@ def test_local_links_of_another_secret_are_refused(local_store, tmp_path):
         local_store.open_signed("a.png", query["expires"], query["signature"], now=NOW)
 
 
+def test_local_links_and_forms_signed_before_a_key_rotation_stay_good(local_store):
+    local_store.put_bytes("a.png", b"x", "image/png")
+    old_query = dict(parse_qsl(urlsplit(local_store.signed_url("a.png", 60, now=NOW)[0]).query))
+    old_form = local_store.presigned_post("users/u/uploads/1.png", "image/png", 1, 1000, 60)["fields"]
+    rotated = LocalStore(local_store.root, BASE_URL, "the-new-secret-0123456789", previous_secret=SECRET)
+    f, _, _ = rotated.open_signed("a.png", old_query["expires"], old_query["signature"], now=NOW)
+    f.close()
+    rotated.verify_post(old_form)
+    done = LocalStore(local_store.root, BASE_URL, "the-new-secret-0123456789")  # SECRET_KEY_PREVIOUS removed
+    with pytest.raises(SignatureError):
+        done.open_signed("a.png", old_query["expires"], old_query["signature"], now=NOW)
+    with pytest.raises(SignatureError):
+        done.verify_post(old_form)
+
+
 def test_local_content_type_from_sidecar_or_extension(local_store):
     local_store.put_bytes("u/data.bin", b"x", "image/png")
     assert local_store.head("u/data.bin")["content_type"] == "image/png"
