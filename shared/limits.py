@@ -22,19 +22,15 @@ def hit(conn, bucket: str, limit: int, *, now: datetime | None = None) -> None:
         return
     now = now or utcnow()
     window = now.replace(second=0, microsecond=0)
-    execute(conn, "INSERT INTO rate_limits (bucket, window_start, hits) VALUES (%s, %s, 1) "
-                  "ON DUPLICATE KEY UPDATE hits=hits+1", (bucket[:160], window))
+    if execute(conn, "INSERT INTO rate_limits (bucket, window_start, hits) VALUES (%s, %s, 1) "
+                     "ON DUPLICATE KEY UPDATE hits=hits+1", (bucket[:160], window)) == 1:
+        # A new minute for this bucket: its earlier ones are never read again (one row per bucket stays).
+        execute(conn, "DELETE FROM rate_limits WHERE bucket=%s AND window_start < %s", (bucket[:160], window))
     hits = query_one(conn, "SELECT hits FROM rate_limits WHERE bucket=%s AND window_start=%s",
                      (bucket[:160], window))["hits"]
     if hits > limit:
         retry = WINDOW_S - now.second
         raise TooManyRequestsError("too many requests; slow down", retry_after=max(retry, 1))
-
-
-def prune(conn, *, older_than_s: int = 3600) -> int:
-    """Drop counters of windows long past."""
-    return execute(conn, "DELETE FROM rate_limits WHERE window_start < %s",
-                   (utcnow() - timedelta(seconds=older_than_s),))
 
 
 def lock_user(conn, user_id: str) -> None:

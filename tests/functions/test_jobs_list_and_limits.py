@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from functions.app import create_app
@@ -60,6 +62,16 @@ def test_rate_limit_window(db_conn):
         limits.hit(db_conn, "user:x", 3)
     assert info.value.code == "rate_limited" and 1 <= info.value.retry_after <= 60
     limits.hit(db_conn, "user:y", 3)  # other buckets are unaffected
+
+
+def test_rate_limit_counters_do_not_pile_up(db_conn):
+    start = datetime(2026, 11, 30, 6, 0, 30)
+    for minute in range(5):
+        for _ in range(2):
+            limits.hit(db_conn, "ip:203.0.113.5", 3, now=start + timedelta(minutes=minute))
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT window_start, hits FROM rate_limits WHERE bucket='ip:203.0.113.5'")
+        assert list(cur.fetchall()) == [{"window_start": datetime(2026, 11, 30, 6, 4), "hits": 2}]
 
 
 def test_login_rate_limit_per_ip(make_config, db_conn):
