@@ -7,6 +7,7 @@ under the clientId of the listener's current socket so the events come back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -66,17 +67,14 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
     # Bad parameters are the caller's to fix whatever the backends do: check them first.
     choices = ctx.choices_for(backend["url"]) if backend else None
     _, resolved = workflow.fill(params, {name: "pending" for name in inputs}, choices=choices)
-    uploads = {name: check_upload(ctx, user_id, value, f"inputs.{name}") for name, value in inputs.items()}
-    if backend is None:
-        raise BackendUnavailableError("no ComfyUI server is connected right now", retry_after=5)
-    files = {}
-    for name, upload in uploads.items():
-        try:
-            files[name] = send_to_comfy(ctx, ctx.comfy(backend["url"]), upload)
-        except ComfyError as e:
-            log.warning("upload %s: could not be sent to %s: %s", upload["id"], backend["url"], e)
-            raise BackendUnavailableError("the ComfyUI server did not take the input image; try again",
-                                          retry_after=5) from None
+    with contextlib.ExitStack() as held:
+        uploads = {}
+        for name, value in inputs.items():
+            uploads[name] = check_upload(ctx, user_id, value, f"inputs.{name}")
+            held.callback(uploads[name]["file"].close)
+        if backend is None:
+            raise BackendUnavailableError("no ComfyUI server is connected right now", retry_after=5)
+        files = {name: _send_upload(ctx.comfy(backend["url"]), upload) for name, upload in uploads.items()}
     graph, resolved = workflow.fill(resolved, files, choices=choices)
     job_id = str(uuid.uuid4())
     try:
@@ -128,6 +126,15 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
         row = jobs.get_job(conn, job_id)
     log.info("job %s: submitted to %s as number %s", job_id, backend["url"], number)
     return 202, row
+
+
+def _send_upload(comfy, upload: dict) -> str:
+    try:
+        return send_to_comfy(comfy, upload)
+    except ComfyError as e:
+        log.warning("upload %s: could not be sent to %s: %s", upload["id"], comfy.base_url, e)
+        raise BackendUnavailableError("the ComfyUI server did not take the input image; try again",
+                                      retry_after=5) from None
 
 
 def _replay(existing: dict, digest: str) -> tuple[int, dict]:

@@ -9,7 +9,9 @@ size and dimension limits), then puts it on the chosen ComfyUI server.
 
 from __future__ import annotations
 
+import io
 import logging
+import tempfile
 import uuid
 from datetime import timedelta
 
@@ -65,20 +67,44 @@ def check_upload(ctx, user_id: str, upload_id, field: str) -> dict:
         raise InvalidUploadError("the image was never uploaded (or the upload failed)", details={field: "no file"})
     if head["bytes"] > row["max_bytes"]:
         raise InvalidUploadError("the image is too large", details={field: f"over {row['max_bytes']} bytes"})
-    with ctx.store.open(row["object_key"]) as f:
-        first = f.read(HEAD_BYTES)
-    found = sniff(first)
-    if found is None or found[0] not in ALLOWED_TYPES:
-        raise InvalidUploadError("the file is not a PNG, JPEG or WebP image", details={field: "not an image"})
-    ctype, width, height = found
-    if not width or not height or width > MAX_DIMENSION or height > MAX_DIMENSION:
-        raise InvalidUploadError(f"image dimensions must be 1 to {MAX_DIMENSION} pixels",
-                                 details={field: f"{width}x{height}"})
-    return {**row, "content_type": ctype, "width": width, "height": height, "bytes": head["bytes"]}
+    # The upload form stays usable for a while, so the object can change under us: read it
+    # once, check those bytes, and send those same bytes to ComfyUI (never a second read).
+    data = _read_capped(ctx.store, row["object_key"], row["max_bytes"])
+    try:
+        size = data.seek(0, io.SEEK_END)
+        data.seek(0)
+        if size > row["max_bytes"]:
+            raise InvalidUploadError("the image is too large", details={field: f"over {row['max_bytes']} bytes"})
+        found = sniff(data.read(HEAD_BYTES))
+        if found is None or found[0] not in ALLOWED_TYPES:
+            raise InvalidUploadError("the file is not a PNG, JPEG or WebP image", details={field: "not an image"})
+        ctype, width, height = found
+        if not width or not height or width > MAX_DIMENSION or height > MAX_DIMENSION:
+            raise InvalidUploadError(f"image dimensions must be 1 to {MAX_DIMENSION} pixels",
+                                     details={field: f"{width}x{height}"})
+    except BaseException:
+        data.close()
+        raise
+    return {**row, "content_type": ctype, "width": width, "height": height, "bytes": size, "file": data}
 
 
-def send_to_comfy(ctx, comfy, upload: dict) -> str:
-    """Copy an upload to a ComfyUI server's input folder; return the file name to put in the graph."""
+def _read_capped(store, key: str, max_bytes: int):
+    """The object's bytes (at most max_bytes + 1 of them) in a spooled temporary file."""
+    data = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)
+    try:
+        with store.open(key) as f:
+            left = max_bytes + 1
+            while left > 0 and (chunk := f.read(min(64 * 1024, left))):
+                data.write(chunk)
+                left -= len(chunk)
+    except BaseException:
+        data.close()
+        raise
+    return data
+
+
+def send_to_comfy(comfy, upload: dict) -> str:
+    """Send the checked bytes of an upload to a ComfyUI server; return the file name to put in the graph."""
     name = f"gw_{upload['id']}{ALLOWED_TYPES[upload['content_type']]}"
-    with ctx.store.open(upload["object_key"]) as f:
-        return comfy.upload_image(name, f, upload["content_type"])
+    upload["file"].seek(0)
+    return comfy.upload_image(name, upload["file"], upload["content_type"])

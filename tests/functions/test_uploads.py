@@ -86,6 +86,23 @@ def test_img2img_with_an_uploaded_image(stack, fake):
              "img2img did not finish")
 
 
+def test_comfyui_gets_the_bytes_that_were_checked(stack, fake):
+    """The form can be posted again after the check: what reaches ComfyUI is what was checked."""
+    from shared.uploads import check_upload, send_to_comfy
+    kind, ctx, client = stack
+    h = login(client, "alice")
+    up = new_upload(client, h, size=len(PNG))
+    assert wx_upload(client, up, PNG) in (200, 201, 204)
+    user_id = client.post("/v1/auth/dev", json={"user": "alice"}).get_json()["user"]["id"]
+    checked = check_upload(ctx, user_id, up["id"], "inputs.image")
+    try:
+        assert wx_upload(client, up, b"not an image at all") in (200, 201, 204)  # swapped after the check
+        name = send_to_comfy(ctx.comfy(fake.base_url), checked)
+    finally:
+        checked["file"].close()
+    assert fake.uploads[name] == PNG
+
+
 @pytest.mark.parametrize("case", ["not_an_image", "other_user", "expired", "never_uploaded", "unknown_id"])
 def test_bad_uploads_are_clear_400s(stack, db_conn, case):
     kind, ctx, client = stack
