@@ -5,7 +5,10 @@ still hold, see the ComfyUI facts) and publishes it on the backend row, so new
 submissions are routed to this socket. Jobs submitted under an earlier id get
 no more events; reconciliation tracks them by polling until they are final.
 Ownership of a backend is a lease in MySQL: one listener at a time serves it,
-another takes over when the lease runs out.
+another takes over when the lease runs out. While the server cannot be reached
+the owner still enforces the jobs' time limits, so no job stays active forever.
+Each backend finalizes on its own small thread pool: a slow server cannot
+starve another's finalizations.
 """
 
 from __future__ import annotations
@@ -28,20 +31,26 @@ from shared.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
+FINALIZE_THREADS = 4  # per backend
+FIRST_DELAY_S = 0.5   # the reconnect backoff starts here and doubles up to RECONNECT_MAX_S
+STABLE_S = 5.0        # a connection up this long counts as established: the backoff starts over
+
 
 class LeaseLostError(Exception):
     """Another listener owns this backend now."""
 
 
 class BackendWorker(threading.Thread):
-    def __init__(self, ctx, url: str, owner: str, stop: threading.Event, executor: ThreadPoolExecutor):
+    def __init__(self, ctx, url: str, owner: str, stop: threading.Event):
         super().__init__(name=f"backend {url}", daemon=True)
         self.ctx = ctx
         self.cfg = ctx.config
         self.url = url
         self.owner = owner
         self.stopping = stop
-        self.executor = executor
+        self.executor = ThreadPoolExecutor(max_workers=FINALIZE_THREADS, thread_name_prefix=f"finalize {url}")
+        self.backoff = FIRST_DELAY_S
+        self.stable_s = STABLE_S
         self.comfy = ctx.comfy(url)
         self.backend_id: int | None = None
         self.client_id: str | None = None
@@ -49,7 +58,7 @@ class BackendWorker(threading.Thread):
         self._finalizing: set[str] = set()
         self._missing: dict[str, float] = {}
         self._final_lock = threading.Lock()
-        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0}
+        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0, "event_errors": 0}
         self.tracker: Tracker | None = None
 
     def tracker_unknown_ids(self) -> int:
@@ -58,7 +67,6 @@ class BackendWorker(threading.Thread):
 
     # -- the outer loop: own, connect, serve, back off ------------------------
     def run(self) -> None:
-        delay = 0.5
         while not self.stopping.is_set():
             try:
                 if self.backend_id is None:
@@ -68,21 +76,22 @@ class BackendWorker(threading.Thread):
                     self.stopping.wait(self.cfg.lease_s / 3)
                     continue
                 self._serve()
-                delay = 0.5
             except LeaseLostError:
                 log.warning("%s: another listener took over", self.url)
             except DatabaseUnavailableError:
                 log.warning("%s: database unavailable; retrying", self.url)
             except (websocket.WebSocketException, OSError, ComfyError) as e:
                 log.warning("%s: connection problem: %s", self.url, e)
+                if self.client_id is None and self.backend_id is not None:  # no socket: the server is unreachable
+                    self._enforce_unreachable()
             except Exception:
                 log.exception("%s: unexpected error in the listener loop", self.url)
             finally:
                 self._disconnect()
             if not self.stopping.is_set():
                 self.stats["reconnects"] += 1
-                self.stopping.wait(delay)
-                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                self.stopping.wait(self.backoff)
+                self.backoff = min(self.backoff * 2, self.cfg.reconnect_max_s)
         self._release()
 
     def _renew_lease(self) -> bool:
@@ -126,7 +135,7 @@ class BackendWorker(threading.Thread):
         self._reconcile()
         self.ws.settimeout(0.5)
         now = time.monotonic()
-        last_frame = last_lease = last_reconcile = now
+        connected_at = last_frame = last_lease = last_reconcile = now
         while not self.stopping.is_set():
             try:
                 opcode, data = self.ws.recv_data()
@@ -146,6 +155,8 @@ class BackendWorker(threading.Thread):
                     self._dispatch(tracker, event)
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
                 raise websocket.WebSocketConnectionClosedException("closed by the server")
+            if self.backoff != FIRST_DELAY_S and now - connected_at >= self.stable_s:
+                self.backoff = FIRST_DELAY_S  # the connection held: the next drop is retried quickly
             if now - last_lease >= self.cfg.lease_s / 3:
                 if not self._renew_lease():
                     raise LeaseLostError()
@@ -162,10 +173,18 @@ class BackendWorker(threading.Thread):
         except DatabaseUnavailableError:
             # The socket stays; the missed write is recovered by reconciliation.
             log.warning("%s: database unavailable while applying %s", self.url, type(event).__name__)
+        except Exception:
+            # One event that cannot be applied (a value the database refuses, say) costs that event, not the
+            # socket: a new socket means a new clientId, and the running jobs would go silent.
+            self.stats["event_errors"] += 1
+            log.exception("%s: could not apply %s of prompt %s; skipped", self.url, type(event).__name__,
+                          getattr(event, "prompt_id", None))
 
     def _has_running_work(self) -> bool:
+        """Whether a job submitted on this socket is running (jobs of older sockets send no frames here)."""
         with self.ctx.db.connection() as conn:
-            return any(j["status"] == "running" for j in jobs.jobs_on_backend(conn, self.backend_id, ("running",)))
+            return any(j["client_id"] == self.client_id
+                       for j in jobs.jobs_on_backend(conn, self.backend_id, ("running",)))
 
     def _reconcile(self) -> None:
         backend = {"id": self.backend_id, "url": self.url}
@@ -173,10 +192,31 @@ class BackendWorker(threading.Thread):
             reconcile(self.ctx, backend, self.comfy, self.client_id,
                       submit_grace_s=2 * self.cfg.comfyui_timeout + 5, finalize_job=self._finalize_entry,
                       missing=self._missing, settle_s=self.cfg.history_retry_s)
-            enforce_timeouts(self.ctx, backend, self.comfy, queue_timeout_s=self.cfg.queue_timeout_s,
-                             default_run_timeout_s=self.cfg.run_timeout_s)
-        except ComfyError as e:
+        except ComfyError as e:  # /queue failed: no job can be judged this time
             log.warning("%s: reconciliation skipped: %s", self.url, e)
+        self._enforce_timeouts(self.comfy)  # ComfyUI errors about one job are handled per job inside
+
+    def _enforce_timeouts(self, comfy) -> None:
+        enforce_timeouts(self.ctx, {"id": self.backend_id, "url": self.url}, comfy,
+                         queue_timeout_s=self.cfg.queue_timeout_s, default_run_timeout_s=self.cfg.run_timeout_s,
+                         busy=self._is_finalizing, finalize_job=self._finalize_entry)
+
+    def _enforce_unreachable(self) -> None:
+        """Keep the time limits while no socket can be opened (ask ComfyUI over HTTP if that still answers)."""
+        try:
+            if self._renew_lease():  # connecting took a while: still ours?
+                self._enforce_timeouts(self.comfy if self._answers() else None)
+        except DatabaseUnavailableError:
+            log.warning("%s: database unavailable; time limits not checked", self.url)
+        except Exception:
+            log.exception("%s: time limits not checked", self.url)
+
+    def _answers(self) -> bool:
+        try:
+            self.comfy.queue()
+            return True
+        except ComfyError:
+            return False
 
     # -- finalization, off the socket loop ---------------------------------------------------
     def _schedule_finalize(self, job_id: str, hint: dict | None = None, entry: dict | None = None) -> None:
@@ -188,6 +228,10 @@ class BackendWorker(threading.Thread):
 
     def _finalize_entry(self, job_id: str, entry: dict) -> None:
         self._schedule_finalize(job_id, None, entry)
+
+    def _is_finalizing(self, job_id: str) -> bool:
+        with self._final_lock:
+            return job_id in self._finalizing
 
     def _run_finalize(self, job_id: str, entry: dict | None, hint: dict | None) -> None:
         try:
@@ -211,9 +255,7 @@ class Listener:
         self.ctx = ctx
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finalize")
-        self.workers = [BackendWorker(ctx, url, self.owner, self.stop_event, self.executor)
-                        for url in ctx.config.comfyui_urls]
+        self.workers = [BackendWorker(ctx, url, self.owner, self.stop_event) for url in ctx.config.comfyui_urls]
 
     def start(self) -> None:
         for w in self.workers:
@@ -223,7 +265,8 @@ class Listener:
         self.stop_event.set()
         for w in self.workers:
             w.join(timeout)
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        for w in self.workers:
+            w.executor.shutdown(wait=True, cancel_futures=False)
 
     def run_forever(self) -> None:
         import signal

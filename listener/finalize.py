@@ -30,6 +30,31 @@ class OutputCopyError(Exception):
     """An output could not be copied into object storage."""
 
 
+class CopyDeadlineError(Exception):
+    """The copy deadline passed while an image was still streaming."""
+
+
+class DeadlineReader:
+    """A source stream that hands over whatever has arrived and fails once the deadline has passed.
+
+    /view has a timeout per read only: a slow but steady stream would never end.
+    Reading with ``read1`` returns each piece as it comes instead of waiting for a
+    whole chunk, so the deadline is checked between the pieces.
+    """
+
+    def __init__(self, raw, deadline: float, *, clock=time.monotonic):
+        self.raw = raw
+        self.deadline = deadline
+        self.clock = clock
+
+    def read(self, size: int = -1) -> bytes:
+        if self.clock() > self.deadline:
+            raise CopyDeadlineError("the copy deadline passed while the image was still streaming")
+        read1 = getattr(self.raw, "read1", None)
+        data = read1(size) if read1 is not None and size and size > 0 else self.raw.read(size)
+        return data or b""
+
+
 def output_key(job: dict, node_id: str, index: int, content_type: str) -> str:
     """The deterministic object key of one output image."""
     ext = EXTENSIONS.get(content_type, ".png")
@@ -90,10 +115,14 @@ def fetch_history(comfy, prompt_id: str, *, wait_s: float, sleep=time.sleep) -> 
         delay = min(delay * 2, 2.0)
 
 
-def copy_output(comfy, store, job: dict, node_id: str, index: int, image: dict) -> dict:
-    """Stream one image from ComfyUI's /view into object storage; return its output record."""
+def copy_output(comfy, store, job: dict, node_id: str, index: int, image: dict, *,
+                deadline: float | None = None) -> dict:
+    """Stream one image from ComfyUI's /view into object storage; return its output record.
+
+    ``deadline`` (a time.monotonic() value) bounds the whole copy, not just each read.
+    """
     with comfy.view(image["filename"], image.get("subfolder") or "", image.get("type") or "output") as (raw, ctype, _):
-        capture = HeadCapture(raw)
+        capture = HeadCapture(DeadlineReader(raw, deadline) if deadline is not None else raw)
         # The key's extension follows the declared type; the record keeps what the bytes really are.
         declared = ctype.split(";")[0].strip().lower()
         key = output_key(job, node_id, index, declared)
@@ -112,7 +141,7 @@ def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=ti
         delay = 0.2
         while True:
             try:
-                records.append(copy_output(comfy, store, job, node_id, index, image))
+                records.append(copy_output(comfy, store, job, node_id, index, image, deadline=deadline))
                 break
             except ComfyNotFoundError as e:
                 raise OutputCopyError(f"ComfyUI no longer has {image['filename']}") from e

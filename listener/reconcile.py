@@ -4,10 +4,15 @@ Run on every (re)connect and periodically. For each job the database holds as
 active on a backend:
 
 * in history → finalize it (success, error or interruption, read from history);
-* in the queue → keep it (a row still ``submitting`` learns its number);
+* in the queue → keep it (a row still ``submitting`` learns its number, one in
+  ``queue_running`` is marked running so its run limit applies, one whose
+  cancel was asked is deleted from the queue or interrupted);
 * in neither → ComfyUI forgot it (restart) or never got it (a crash between
   the row and POST /prompt): resubmit once under the current clientId if it
   never started, else fail it with ``backend_lost``.
+
+A bad answer about one job (5xx, HTML, a timeout) skips that job until the
+next pass; the others are still settled.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ MAX_SUBMIT_ATTEMPTS = 2
 
 
 def claim_resubmit(conn, job: dict, client_id: str) -> bool:
-    """Take the one right to resubmit a job (guards against two reconcilers)."""
+    """Take the one right to resubmit a job (guards against two reconcilers and a racing cancel)."""
     return execute(conn, """UPDATE jobs SET client_id=%s, submit_attempts=submit_attempts+1, status='submitting',
                             version=version+1, updated_at=%s
-                            WHERE id=%s AND status IN ('submitting','queued') AND submit_attempts=%s""",
+                            WHERE id=%s AND status IN ('submitting','queued') AND submit_attempts=%s
+                            AND cancel_requested=0""",
                    (client_id, utcnow(), job["id"], job["submit_attempts"])) == 1
 
 
@@ -46,72 +52,102 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
     missing = {} if missing is None else missing
     finalize_job = finalize_job or (lambda job_id, entry: finalize(ctx, job_id, comfy=comfy,
                                                                    backend_url=backend["url"], entry=entry))
-    counts = {"checked": 0, "finalized": 0, "kept": 0, "resubmitted": 0, "lost": 0}
+    counts = {"checked": 0, "finalized": 0, "kept": 0, "resubmitted": 0, "lost": 0, "errors": 0}
     with ctx.db.connection() as conn:
         active = jobs.jobs_on_backend(conn, backend["id"])
     if not active:
         return counts
     running, pending = comfy.queue()
+    started = {e.prompt_id for e in running}
     in_queue = {e.prompt_id: e for e in running + pending}
     now = utcnow()
     for job_id in set(missing) - {j["id"] for j in active}:
         missing.pop(job_id, None)  # settled elsewhere: forget it (nothing grows without bound)
     for job in active:
         counts["checked"] += 1
-        job_id = job["id"]
-        entry = comfy.history(job_id)
-        if entry is not None or job_id in in_queue:
-            missing.pop(job_id, None)
-        if entry is not None:
-            try:
-                finalize_job(job_id, entry)
-                counts["finalized"] += 1
-            except HistoryPendingError:
+        try:
+            entry = comfy.history(job["id"])
+            if entry is not None or job["id"] in in_queue:
+                missing.pop(job["id"], None)
+            if entry is not None:
+                counts[_finalize(finalize_job, job["id"], entry)] += 1
+            elif job["id"] in in_queue:
+                _track_queued(ctx, comfy, job, in_queue[job["id"]], started=job["id"] in started)
                 counts["kept"] += 1
-            continue
-        queued = in_queue.get(job_id)
-        if queued is not None:
-            if job["status"] == "submitting" or job["number"] != queued.number:
-                with ctx.db.connection() as conn:
-                    jobs.mark_submitted(conn, job_id, queued.number)
-            counts["kept"] += 1
-            continue
-        if job["cancel_requested"]:
-            with ctx.db.transaction() as conn:
-                jobs.mark_cancelled(conn, job_id)
-                write_usage(conn, job_id, backend["url"])
-            counts["finalized"] += 1
-            continue
-        if job["status"] == "submitting" and now - job["updated_at"] < timedelta(seconds=submit_grace_s):
-            counts["kept"] += 1  # its POST /prompt may still be in flight
-            continue
-        first_missed = missing.setdefault(job_id, clock())
-        if clock() - first_missed < settle_s:
-            counts["kept"] += 1  # maybe its history is not written yet: look again later
-            continue
-        missing.pop(job_id, None)
-        if job["status"] in ("submitting", "queued") and job["submit_attempts"] < MAX_SUBMIT_ATTEMPTS and client_id:
-            if _resubmit(ctx, comfy, job, client_id):
-                counts["resubmitted"] += 1
-                continue
-        with ctx.db.transaction() as conn:
-            if jobs.mark_failed(conn, job_id, code="backend_lost",
-                                message="the ComfyUI server lost this job (it restarted or dropped its queue)"):
-                log.warning("job %s: lost by %s", job_id, backend["url"])
-            write_usage(conn, job_id, backend["url"])
-        counts["lost"] += 1
+            else:
+                counts[_settle_missing(ctx, backend, comfy, client_id, job, now=now, submit_grace_s=submit_grace_s,
+                                       missing=missing, settle_s=settle_s, clock=clock)] += 1
+        except ComfyError as e:
+            # One bad answer about one job: keep it for the next pass and settle the others.
+            counts["errors"] += 1
+            log.warning("job %s: not reconciled this time: %s", job["id"], e)
     return counts
+
+
+def _finalize(finalize_job, job_id: str, entry: dict) -> str:
+    try:
+        finalize_job(job_id, entry)
+        return "finalized"
+    except HistoryPendingError:
+        return "kept"
+
+
+def _track_queued(ctx, comfy, job: dict, entry, *, started: bool) -> None:
+    """A job ComfyUI holds: record its number, whether it started, and stop it if a cancel was asked."""
+    job_id = job["id"]
+    if job["status"] == "submitting" or job["number"] != entry.number:
+        with ctx.db.connection() as conn:
+            jobs.mark_submitted(conn, job_id, entry.number)
+    if started and job["status"] != "running":
+        # Submitted under an older clientId it sends us no events: without this its run limit never applies.
+        with ctx.db.connection() as conn:
+            if jobs.mark_running(conn, job_id, nodes_total=len(job["prompt"] or {})):
+                log.info("job %s: running (found in ComfyUI's queue_running)", job_id)
+    if job["cancel_requested"]:
+        if started:
+            comfy.interrupt(job_id)  # history then says interrupted: finalized as cancelled
+            log.info("job %s: interrupted (cancel was requested)", job_id)
+        else:
+            comfy.delete([job_id])  # gone from the queue: the next pass marks it cancelled
+            log.info("job %s: deleted from ComfyUI's queue (cancel was requested)", job_id)
+
+
+def _settle_missing(ctx, backend: dict, comfy, client_id: str | None, job: dict, *, now, submit_grace_s: float,
+                    missing: dict, settle_s: float, clock) -> str:
+    """A job in neither the queue nor the history: wait, cancel, resubmit or fail it."""
+    job_id = job["id"]
+    if job["status"] == "submitting" and now - job["updated_at"] < timedelta(seconds=submit_grace_s):
+        return "kept"  # its POST /prompt may still be in flight (even if a cancel is asked)
+    if job["cancel_requested"]:
+        with ctx.db.transaction() as conn:
+            jobs.mark_cancelled(conn, job_id)
+            write_usage(conn, job_id, backend["url"])
+        return "finalized"
+    first_missed = missing.setdefault(job_id, clock())
+    if clock() - first_missed < settle_s:
+        return "kept"  # maybe its history is not written yet: look again later
+    missing.pop(job_id, None)
+    if job["status"] in ("submitting", "queued") and job["submit_attempts"] < MAX_SUBMIT_ATTEMPTS and client_id:
+        if _resubmit(ctx, comfy, job, client_id):
+            return "resubmitted"
+    with ctx.db.transaction() as conn:
+        if jobs.mark_failed(conn, job_id, code="backend_lost",
+                            message="the ComfyUI server lost this job (it restarted or dropped its queue)"):
+            log.warning("job %s: lost by %s", job_id, backend["url"])
+        write_usage(conn, job_id, backend["url"])
+    return "lost"
 
 
 def _resubmit(ctx, comfy, job: dict, client_id: str) -> bool:
     with ctx.db.connection() as conn:
         if not claim_resubmit(conn, job, client_id):
-            return True  # someone else settled it meanwhile
+            return True  # someone else settled it meanwhile, or a cancel came: the next pass sees which
     try:
         number = comfy.submit(job["prompt"], client_id=client_id, prompt_id=job["id"])
     except ComfyRejectedError as e:
         with ctx.db.transaction() as conn:
             jobs.mark_failed(conn, job["id"], code="execution_error", message=f"ComfyUI rejected the workflow: {e}")
+            write_usage(conn, job["id"], comfy.base_url)
         return True
     except ComfyError as e:
         log.warning("job %s: resubmission failed: %s (next reconcile settles it)", job["id"], e)
@@ -122,32 +158,70 @@ def _resubmit(ctx, comfy, job: dict, client_id: str) -> bool:
     return True
 
 
-def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, default_run_timeout_s: float) -> int:
-    """Fail jobs waiting or running past their limits (interrupting them on ComfyUI)."""
+def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, default_run_timeout_s: float,
+                     busy=None, finalize_job=None) -> int:
+    """Fail jobs waiting or running past their limits (stopping them on ComfyUI); return how many.
+
+    ComfyUI's history has the last word: a job it has finished, or whose
+    finalization is under way (``busy(job_id)``), is left to the finalizer
+    however late it is (``finalize_job(job_id, entry)`` is handed the ones found
+    here). With ``comfy`` None the server cannot be reached: nothing can be
+    asked or stopped there, so overdue jobs are failed in the database only.
+    """
     now = utcnow()
     failed = 0
     with ctx.db.connection() as conn:
         active = jobs.jobs_on_backend(conn, backend["id"])
     for job in active:
-        wf = ctx.workflows.get(job["workflow"])
-        run_limit = (wf.timeout_s if wf and wf.timeout_s else None) or default_run_timeout_s
-        if job["status"] == "running" and job["started_at"] and now - job["started_at"] > timedelta(seconds=run_limit):
-            message = f"the job ran longer than {run_limit:.0f}s"
-            try:
-                comfy.interrupt(job["id"])
-            except ComfyError as e:
-                log.warning("job %s: interrupt failed: %s", job["id"], e)
-        elif job["status"] in ("submitting", "queued") and now - job["created_at"] > timedelta(seconds=queue_timeout_s):
-            message = f"the job waited in the queue longer than {queue_timeout_s:.0f}s"
-            try:
-                comfy.delete([job["id"]])
-            except ComfyError as e:
-                log.warning("job %s: queue delete failed: %s", job["id"], e)
-        else:
+        message = _overdue(ctx, job, now, queue_timeout_s=queue_timeout_s, default_run_timeout_s=default_run_timeout_s)
+        if message is None or (busy is not None and busy(job["id"])):
             continue
+        if comfy is not None:
+            try:
+                if _finished_on_comfy(comfy, job["id"], finalize_job):
+                    continue
+            except ComfyError as e:
+                log.warning("job %s: past its limit but /history failed: %s (next pass decides)", job["id"], e)
+                continue
+            _stop(comfy, job)
         with ctx.db.transaction() as conn:
             if jobs.mark_failed(conn, job["id"], code="timeout", message=message):
                 failed += 1
                 log.warning("job %s: %s", job["id"], message)
             write_usage(conn, job["id"], backend["url"])
     return failed
+
+
+def _overdue(ctx, job: dict, now, *, queue_timeout_s: float, default_run_timeout_s: float) -> str | None:
+    """Why a job is past its time limit, or None while it is within it."""
+    if job["status"] == "running":
+        wf = ctx.workflows.get(job["workflow"])
+        run_limit = (wf.timeout_s if wf and wf.timeout_s else None) or default_run_timeout_s
+        if job["started_at"] and now - job["started_at"] > timedelta(seconds=run_limit):
+            return f"the job ran longer than {run_limit:.0f}s"
+    elif job["status"] in ("submitting", "queued") and now - job["created_at"] > timedelta(seconds=queue_timeout_s):
+        return f"the job waited in the queue longer than {queue_timeout_s:.0f}s"
+    return None
+
+
+def _finished_on_comfy(comfy, job_id: str, finalize_job) -> bool:
+    """True when ComfyUI has history of the job (then its finalization, not the clock, decides)."""
+    entry = comfy.history(job_id)
+    if entry is None:
+        return False
+    if finalize_job is not None:
+        _finalize(finalize_job, job_id, entry)
+    return True
+
+
+def _stop(comfy, job: dict) -> None:
+    """Take an overdue job off ComfyUI: out of the queue, and interrupted in case it has started."""
+    if job["status"] in ("submitting", "queued"):
+        try:
+            comfy.delete([job["id"]])
+        except ComfyError as e:
+            log.warning("job %s: queue delete failed: %s", job["id"], e)
+    try:
+        comfy.interrupt(job["id"])
+    except ComfyError as e:
+        log.warning("job %s: interrupt failed: %s", job["id"], e)

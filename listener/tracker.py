@@ -87,10 +87,10 @@ class Tracker:
                 self.unknown.popitem(last=False)
         return job
 
-    def _start(self, prompt_id: str) -> Running | None:
+    def _start(self, prompt_id: str, job: dict | None = None) -> Running | None:
         if self.running and self.running.job["id"] == prompt_id:
             return self.running
-        job = self._job(prompt_id)
+        job = job or self._job(prompt_id)
         if job is None or job["status"] in jobs.FINAL:
             return None
         self.running = Running(job=job, weights=node_weights(job["prompt"]))
@@ -102,7 +102,13 @@ class Tracker:
             backends.record_status(conn, self.backend_id, ev.queue_remaining)
 
     def on_ExecutionStart(self, ev: p.ExecutionStart) -> None:
-        run = self._start(ev.prompt_id)
+        job = self._job(ev.prompt_id)
+        if job is not None and job["status"] in jobs.FINAL:
+            # Its job already ended (a cancel landed while POST /prompt was in flight): nobody gets this run.
+            log.info("job %s: started on ComfyUI although %s; interrupting", ev.prompt_id, job["status"])
+            self.on_cancel_requested(ev.prompt_id)
+            return
+        run = self._start(ev.prompt_id, job)
         if run is None:
             return
         with self.ctx.db.connection() as conn:

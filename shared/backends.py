@@ -3,11 +3,13 @@
 A submission may only use a backend whose listener is connected and whose
 lease is fresh (the listener renews it while it lives), and must submit with
 that socket's clientId so the events come back to it.
+
+Lease times are taken, renewed and compared on the database's clock
+(``UTC_TIMESTAMP(3)``), never a host's: hosts whose clocks disagree still agree
+on who owns a backend, so two owners never overlap.
 """
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 from shared.db import execute, query, query_one, utcnow
 
@@ -29,10 +31,11 @@ def get_backend(conn, backend_id: int) -> dict | None:
 
 def acquire_lease(conn, backend_id: int, owner: str, seconds: float) -> bool:
     """Take or renew the ownership of a backend; False while another live listener holds it."""
-    now = utcnow()
-    return execute(conn, "UPDATE backends SET owner=%s, lease_until=%s, updated_at=%s "
-                         "WHERE id=%s AND (owner=%s OR owner IS NULL OR lease_until IS NULL OR lease_until < %s)",
-                   (owner, now + timedelta(seconds=seconds), now, backend_id, owner, now)) == 1
+    return execute(conn, "UPDATE backends SET owner=%s, "
+                         "lease_until=UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND, updated_at=UTC_TIMESTAMP(3) "
+                         "WHERE id=%s AND (owner=%s OR owner IS NULL OR lease_until IS NULL "
+                         "OR lease_until < UTC_TIMESTAMP(3))",
+                   (owner, int(seconds * 1_000_000), backend_id, owner)) == 1
 
 
 def release_lease(conn, backend_id: int, owner: str) -> None:
@@ -67,8 +70,8 @@ def pick_backend(conn, urls) -> dict | None:
                (SELECT COUNT(*) FROM jobs j WHERE j.backend_id=b.id AND j.status IN ('submitting','queued','running'))
                AS active
         FROM backends b
-        WHERE b.url IN ({marks}) AND b.connected=1 AND b.client_id IS NOT NULL AND b.lease_until > %s
-        """, (*urls, utcnow()))
+        WHERE b.url IN ({marks}) AND b.connected=1 AND b.client_id IS NOT NULL AND b.lease_until > UTC_TIMESTAMP(3)
+        """, tuple(urls))
     if not rows:
         return None
     return min(rows, key=lambda r: (max(r["queue_remaining"], r["active"]), r["active"], r["id"]))
@@ -79,12 +82,12 @@ def list_backends(conn, urls) -> list[dict]:
     if not urls:
         return []
     marks = ",".join(["%s"] * len(urls))
-    rows = {r["url"]: r for r in query(conn, f"SELECT * FROM backends WHERE url IN ({marks})", tuple(urls))}
-    now = utcnow()
+    rows = {r["url"]: r for r in query(conn, "SELECT *, COALESCE(lease_until > UTC_TIMESTAMP(3), 0) AS leased "
+                                             f"FROM backends WHERE url IN ({marks})", tuple(urls))}
     out = []
     for url in urls:
         r = rows.get(url)
-        live = bool(r and r["connected"] and r["lease_until"] and r["lease_until"] > now)
+        live = bool(r and r["connected"] and r["leased"])
         out.append({"url": url, "listener_connected": live,
                     "queue_remaining": r["queue_remaining"] if r else 0,
                     "last_event_at": r["last_event_at"] if r else None})

@@ -34,7 +34,7 @@ What it says, it says the way ComfyUI 0.8.0 does (the transcripts win):
 Fault controls (thread-safe methods): :meth:`FakeComfy.drop_sockets`,
 :meth:`~FakeComfy.go_silent`, :meth:`~FakeComfy.restart`,
 :meth:`~FakeComfy.delay_history`, :meth:`~FakeComfy.fail_view`,
-:meth:`~FakeComfy.slow_view`, :meth:`~FakeComfy.fail_http`,
+:meth:`~FakeComfy.slow_view`, :meth:`~FakeComfy.drip_view`, :meth:`~FakeComfy.fail_http`,
 :meth:`~FakeComfy.reject_connections`, :meth:`~FakeComfy.pause` /
 :meth:`~FakeComfy.resume` and :meth:`~FakeComfy.fail_next`. Inspection:
 :attr:`~FakeComfy.prompts`, :meth:`~FakeComfy.output_bytes`,
@@ -791,6 +791,7 @@ class _Server:
         self.history_delay = 0.0
         self.view_failures: list[int] = []
         self.view_delay = 0.0
+        self.view_drip: tuple[int, float] | None = None
         self.fail_rules: list[_FailRule] = []
         self.pending_failure: tuple[int, str, str] | None = None
         self.generation = 0
@@ -1242,8 +1243,24 @@ class _Server:
         if data is None:
             return web.Response(status=404)
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return web.Response(body=data, headers={"Content-Disposition": f'filename="{name}"',
-                                                "Content-Type": content_type})
+        headers = {"Content-Disposition": f'filename="{name}"', "Content-Type": content_type}
+        if self.view_drip is not None:
+            return await self._drip(request, data, headers, *self.view_drip)
+        return web.Response(body=data, headers=headers)
+
+    @staticmethod
+    async def _drip(request: web.Request, data: bytes, headers: dict, size: int, interval: float):
+        """Send ``data`` ``size`` bytes at a time, ``interval`` seconds apart: slow, but never silent."""
+        resp = web.StreamResponse(headers={**headers, "Content-Length": str(len(data))})
+        await resp.prepare(request)
+        try:
+            for start in range(0, len(data), size):
+                await resp.write(data[start:start + size])
+                await asyncio.sleep(interval)
+            await resp.write_eof()
+        except ConnectionError:  # the client gave up: as ComfyUI, just stop sending
+            pass
+        return resp
 
     async def post_upload_image(self, request: web.Request) -> web.Response:
         post = await request.post()
@@ -1732,6 +1749,11 @@ class FakeComfy:
     def slow_view(self, seconds: float) -> None:
         """Every GET /view waits ``seconds`` before answering (0 to stop)."""
         self._call(lambda s: setattr(s, "view_delay", max(0.0, seconds)))
+
+    def drip_view(self, size: int = 0, interval: float = 0.1) -> None:
+        """Every GET /view sends its body ``size`` bytes at a time, ``interval`` seconds apart
+        (a slow but steady stream that no per-read timeout catches); size 0 stops it."""
+        self._call(lambda s: setattr(s, "view_drip", (size, interval) if size > 0 else None))
 
     def fail_http(self, path_prefix: str, status: int = 500, times: int = 1, html: bool = False) -> None:
         """The next ``times`` requests whose path starts with ``path_prefix`` (WebSocket

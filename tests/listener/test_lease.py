@@ -1,0 +1,45 @@
+"""The backend lease runs on the database's clock: listeners whose host clocks disagree still
+agree on who owns a backend, and never both at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared import backends
+from shared.db import utcnow
+from tests.stack import wait_for
+
+URL = "http://comfy.lease.test:8188"
+
+
+def skew(monkeypatch, seconds: float) -> None:
+    """Make this host's clock run ``seconds`` ahead (or behind) the database's."""
+    monkeypatch.setattr(backends, "utcnow", lambda: utcnow() + timedelta(seconds=seconds))
+
+
+def test_a_fast_clock_cannot_take_a_live_lease(db_conn, monkeypatch):
+    backend_id = backends.ensure_backend(db_conn, URL)
+    assert backends.acquire_lease(db_conn, backend_id, "a", 10)
+    skew(monkeypatch, 3600)  # b's host is an hour ahead: a's lease looks long expired to it
+    assert not backends.acquire_lease(db_conn, backend_id, "b", 10)
+    assert backends.get_backend(db_conn, backend_id)["owner"] == "a"
+
+
+def test_a_slow_clock_still_renews_a_lease_that_holds(db_conn, monkeypatch):
+    backend_id = backends.ensure_backend(db_conn, URL)
+    skew(monkeypatch, -3600)  # a's host is an hour behind: its lease must not be born expired
+    assert backends.acquire_lease(db_conn, backend_id, "a", 10)
+    assert backends.set_connected(db_conn, backend_id, "a", "client-a")
+    monkeypatch.undo()
+    assert not backends.acquire_lease(db_conn, backend_id, "b", 10)
+    assert backends.pick_backend(db_conn, [URL])["client_id"] == "client-a"
+    assert backends.list_backends(db_conn, [URL])[0]["listener_connected"]
+
+
+def test_an_expired_lease_is_taken_over(db_conn):
+    backend_id = backends.ensure_backend(db_conn, URL)
+    assert backends.acquire_lease(db_conn, backend_id, "a", 0.3)
+    assert not backends.acquire_lease(db_conn, backend_id, "b", 10)
+    wait_for(lambda: backends.acquire_lease(db_conn, backend_id, "b", 10), 5, "the expired lease was not taken")
+    assert not backends.acquire_lease(db_conn, backend_id, "a", 10)
+    assert backends.pick_backend(db_conn, [URL]) is None  # b owns it but has no socket yet
