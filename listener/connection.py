@@ -160,6 +160,9 @@ class BackendWorker(threading.Thread):
             if now - last_lease >= self.cfg.lease_s / 3:
                 if not self._renew_lease():
                     raise LeaseLostError()
+                if last_frame > last_lease:  # /healthz's last_event_at, a few writes a minute at most
+                    with self.ctx.db.connection() as conn:
+                        backends.touch(conn, self.backend_id)
                 last_lease = now
             if now - last_reconcile >= self.cfg.reconcile_interval_s:
                 self._reconcile()

@@ -146,6 +146,20 @@ class Tracker:
         run.value, run.max = ev.value, ev.max
         self._write_progress(run, force=ev.max > 0 and ev.value >= ev.max)
 
+    def on_ProgressState(self, ev: p.ProgressState) -> None:
+        """Every started node's state: finished ones count as done, even if their `executing` was missed."""
+        run = self._start(ev.prompt_id)
+        if run is None:
+            return
+        finished = {n for n, state in ev.nodes.items() if state.state == "finished" and n in run.weights}
+        newly_done = finished - run.done
+        run.done |= finished
+        running = [state for n, state in ev.nodes.items() if state.state == "running" and n in run.weights]
+        if running:
+            state = running[-1]
+            run.node, run.value, run.max = state.node_id, int(state.value), int(state.max)
+        self._write_progress(run, force=bool(newly_done))
+
     def on_Preview(self, ev: p.Preview) -> None:
         run = self.running
         if ev.prompt_id and (run is None or run.job["id"] != ev.prompt_id):
