@@ -47,7 +47,8 @@ def dev_login(ctx, req):
     body = req.json()
     check_fields(body, {"user"})
     name = body.get("user")
-    if not isinstance(name, str) or not (1 <= len(name) <= 64) or not name.isprintable():
+    # No leading or trailing blanks: MySQL's PAD SPACE comparison would make "alice " log in as "alice".
+    if not isinstance(name, str) or not (1 <= len(name) <= 64) or not name.isprintable() or name != name.strip():
         raise InvalidParamsError("user must be a name of 1 to 64 characters", details={"user": "1 to 64 characters"})
     return json_response(200, login(ctx, provider="dev", subject=name))
 

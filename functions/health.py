@@ -29,7 +29,7 @@ def health(ctx, req):
         body["storage"] = "unavailable"
     ok = body["database"] == "ok" and body["storage"] == "ok"
     body["status"] = "ok" if ok else "unavailable"
-    return json_response(200 if ok else 503, body)
+    return json_response(200 if ok else 503, body, None if ok else {"Retry-After": "5"})
 
 
 handler = lambda_handler(health)

@@ -9,7 +9,8 @@ def list_workflows(ctx, req):
     authenticate(ctx, req)
     with ctx.db.connection() as conn:
         backend = pick_backend(conn, ctx.config.comfyui_urls)
-    choices = ctx.choices_for(backend["url"] if backend else ctx.config.comfyui_urls[0])
+    # No server connected: no choices to offer (and none to wait for); enum_from params show no enum.
+    choices = ctx.choices_for(backend["url"]) if backend else None
     items = [wf.public(choices) for _, wf in sorted(ctx.workflows.items())]
     return json_response(200, {"workflows": items})
 

@@ -147,7 +147,10 @@ def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=ti
                 raise OutputCopyError(f"ComfyUI no longer has {image['filename']}") from e
             except Exception as e:  # ComfyUI or storage trouble: retry until the deadline
                 if time.monotonic() + delay > deadline:
-                    raise OutputCopyError(f"could not store {image['filename']}: {e}") from e
+                    # The app sees the job's error: no bucket, key, endpoint or path in it (the log has them).
+                    log.warning("job %s: giving up on %s: %s", job["id"], image["filename"], e)
+                    raise OutputCopyError(f"output image {node_id}/{index} could not be saved in time; "
+                                          "storage or ComfyUI kept failing") from e
                 log.warning("job %s: copying %s failed (%s); retrying", job["id"], image["filename"], e)
                 sleep(delay)
                 delay = min(delay * 2, 5.0)

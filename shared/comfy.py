@@ -251,7 +251,7 @@ class ChoicesCache:
         except ComfyError as e:
             log.warning("object_info %s from %s failed: %s", class_type, client.base_url, e)
             with self._lock:
-                self._failed[key] = now
+                self._failed[key] = time.monotonic()  # when it failed: a timeout may have taken a while
             return hit[1] if hit else None  # a stale answer beats none
         with self._lock:
             self._cache[key] = (now, info)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
 
 from shared.db import execute, query, query_one, utcnow, isoformat
@@ -36,12 +37,14 @@ def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, 
              idempotency_key, request_hash, now, now))
 
 
+# How many jobs run or wait before j on its server (a job not numbered yet is behind them all).
+_AHEAD = """(SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
+              AND (j.number IS NULL OR q.number < j.number)) AS ahead"""
+
+
 def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
     """One job with its queue position, in one indexed read (None if not found or not the user's)."""
-    sql = f"""SELECT {_COLUMNS},
-              (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
-                 AND (j.number IS NULL OR q.number < j.number)) AS ahead
-              FROM jobs j WHERE j.id=%s"""
+    sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j WHERE j.id=%s"
     args = [job_id]
     if user_id is not None:
         sql += " AND j.user_id=%s"
@@ -50,7 +53,7 @@ def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
 
 
 def find_by_idempotency_key(conn, user_id: str, key: str) -> dict | None:
-    return _decode(query_one(conn, f"SELECT {_COLUMNS}, NULL AS ahead FROM jobs j "
+    return _decode(query_one(conn, f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j "
                                    "WHERE j.user_id=%s AND j.idempotency_key=%s", (user_id, key)))
 
 
@@ -64,7 +67,7 @@ def jobs_on_backend(conn, backend_id: int, statuses=ACTIVE) -> list[dict]:
 
 def list_user_jobs(conn, user_id: str, *, limit: int, before: tuple[datetime, str] | None = None) -> list[dict]:
     """The user's jobs, newest first, after a (created_at, id) cursor."""
-    sql = f"SELECT {_COLUMNS}, NULL AS ahead FROM jobs j WHERE j.user_id=%s"
+    sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j WHERE j.user_id=%s"
     args: list = [user_id]
     if before:
         sql += " AND (j.created_at < %s OR (j.created_at = %s AND j.id < %s))"
@@ -164,9 +167,13 @@ def list_outputs(conn, job_id: str) -> list[dict]:
     return sorted(rows, key=lambda r: (node_order(r["node_id"]), r["idx"]))
 
 
-def node_order(node_id: str):
-    """Sort key for node ids: numeric ids numerically, others after, by text."""
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def node_order(node_id: str) -> tuple:
+    """Sort key for node ids: runs of ASCII digits compare as numbers ("9" < "10", "9:1" < "10:1")."""
+    return tuple((0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part)
+                 for part in _DIGITS.split(node_id) if part)
 
 
 # -- the job object of the contract ---------------------------------------------------

@@ -242,6 +242,8 @@ class Workflow:
                     if rng is None:
                         rng = random.SystemRandom()
                     resolved[name] = _draw(spec, rng)
+                elif reason := _default_reason(spec, choices):
+                    details[name] = reason
                 else:
                     resolved[name] = spec.default
                 continue
@@ -749,6 +751,17 @@ def _type_reason(type_: str, value: Any) -> str | None:
     else:
         ok = isinstance(value, bool)
     return None if ok else _TYPE_REASON[type_]
+
+
+def _default_reason(spec, choices) -> str | None:
+    """Why an ``enum_from`` default cannot be used on this server (a checkpoint it lacks, say), or None.
+
+    Said at submit as a 400 naming the param, rather than a 422 from ComfyUI about its node.
+    """
+    if spec.default is None or spec.enum_source is None:
+        return None
+    reason = spec.check(spec.default, spec.allowed(choices))
+    return f"has no usable default here ({spec.default!r} is not offered by the server): {reason}" if reason else None
 
 
 def _draw(spec: ParamSpec, rng: random.Random) -> int:

@@ -598,7 +598,7 @@ def test_health_answer_validates():
         config = type("C", (), {"comfyui_urls": ["http://127.0.0.1:8188"]})()
 
     resp = health(Ctx(), Request("GET", "/healthz"))
-    assert resp.status == 503
+    assert resp.status == 503 and resp.headers["Retry-After"] == "5"
     assert validate_response("GET", "/healthz", 503, resp.body) == []
     ok = {"status": "ok", "database": "ok", "storage": "ok",
           "backends": [{"url": "http://127.0.0.1:8188", "listener_connected": False, "queue_remaining": 0,

@@ -108,7 +108,8 @@ def test_dev_login_is_404_unless_enabled(make_config, db_conn):
     assert_error(client.post("/v1/auth/dev", json={"user": "a"}), 404, "not_found")
 
 
-@pytest.mark.parametrize("body", [{"user": ""}, {"user": "x" * 65}, {"user": 5}, {"name": "a"}, {}])
+@pytest.mark.parametrize("body", [{"user": ""}, {"user": "x" * 65}, {"user": 5}, {"name": "a"}, {},
+                                  {"user": "alice "}, {"user": " alice"}])  # MySQL would pad "alice " to alice
 def test_dev_login_validation(client, body):
     assert_error(client.post("/v1/auth/dev", json=body), 400, "invalid_params")
 

@@ -147,3 +147,29 @@ def test_concurrent_replays_at_the_active_job_limit_are_replays_not_429(stack, f
     other = clients[0].post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "two"})
     assert other.status_code == 429 and other.get_json()["error"]["code"] == "too_many_active_jobs"
     limited.db.close()
+
+
+def test_queue_positions_agree_in_the_list_the_status_and_a_replay(stack, fake):
+    ctx, client, h = stack
+    fake.pause()
+    first = client.post("/v1/jobs", json=BODY, headers=h).get_json()["job"]
+    second = client.post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "k2"}).get_json()["job"]
+    assert (first["queue_position"], second["queue_position"]) == (0, 1)
+    listed = {j["id"]: j["queue_position"] for j in client.get("/v1/jobs", headers=h).get_json()["jobs"]}
+    assert listed == {first["id"]: 0, second["id"]: 1}
+    replay = client.post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "k2"})
+    assert replay.status_code == 200 and replay.get_json()["job"]["queue_position"] == 1
+    fake.resume()
+
+
+def test_workflows_without_a_connected_server_offer_no_choices_and_wait_for_none(make_config, db_conn):
+    from shared.localdb import free_port
+    ctx = Context(make_config(COMFYUI_URLS=f"http://127.0.0.1:{free_port()}"))
+    client = create_app(lambda: ctx).test_client()
+    token = client.post("/v1/auth/dev", json={"user": "a"}).get_json()["token"]
+    r = client.get("/v1/workflows", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    checkpoint = {w["name"]: w for w in r.get_json()["workflows"]}["txt2img"]["params"]["checkpoint"]
+    assert "enum" not in checkpoint and checkpoint["default"] == "v1-5-pruned-emaonly.safetensors"
+    assert ctx.choices_cache._cache == {} and ctx.choices_cache._failed == {}  # ComfyUI was not asked
+    ctx.db.close()

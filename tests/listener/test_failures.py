@@ -229,6 +229,8 @@ def test_storage_outage_fails_with_output_copy_failed_after_the_deadline(harness
     job = h.wait_final(job_id, 20)
     assert job["status"] == "failed" and job["error_code"] == "output_copy_failed"
     assert h.outputs(job_id) == [] and len(h.usage(job_id)) == 1
+    # The app reads this message: it names the image, never the storage's paths, bucket or endpoint.
+    assert "could not be saved" in job["error_message"] and str(tmp_path) not in job["error_message"]
 
 
 def test_transient_view_failures_are_retried(harness, fake):

@@ -44,3 +44,25 @@ def test_a_stale_answer_beats_none(fake, client, monkeypatch):
     info = cache.object_info(client, "CheckpointLoaderSimple")
     fake.fail_http("/object_info", status=502, times=5)
     assert cache.object_info(client, "CheckpointLoaderSimple") == info
+
+
+def test_a_slow_failure_is_remembered_from_when_it_ended(monkeypatch):
+    """A look-up that times out after longer than FAILURE_TTL still spares the next requests."""
+    import time as time_mod
+
+    from shared.comfy import ComfyTimeoutError
+    calls = []
+
+    class Hanging:  # a client whose server accepts and never answers
+        base_url = "http://hanging"
+
+        def object_info(self, class_type):
+            calls.append(class_type)
+            time_mod.sleep(0.3)
+            raise ComfyTimeoutError("GET /object_info: no answer within 0.3s")
+
+    monkeypatch.setattr(ChoicesCache, "FAILURE_TTL", 0.2)
+    cache = ChoicesCache(ttl=300)
+    assert cache.object_info(Hanging(), "KSampler") is None
+    assert cache.object_info(Hanging(), "KSampler") is None
+    assert calls == ["KSampler"]

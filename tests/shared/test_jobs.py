@@ -48,3 +48,5 @@ def test_failed_job_carries_its_error():
 
 def test_node_order_is_numeric_then_text():
     assert sorted(["10", "9", "a", "2"], key=node_order) == ["2", "9", "10", "a"]
+    # Subgraph ids compare part by part; digits that are not ASCII are text, never a crash.
+    assert sorted(["10:1", "9:2", "9:10", "\u00b2", "9"], key=node_order) == ["9", "9:2", "9:10", "10:1", "\u00b2"]

@@ -296,13 +296,14 @@ def test_fill_invalid(wf, params, inputs, details):
 def test_long_choice_lists_are_not_spelled_out(wf):
     many = [f"s{i}" for i in range(12)]
     with pytest.raises(InvalidParamsError) as caught:
-        fill_ok(wf, {"prompt": "a", "scheduler": "x"}, choices=lambda c, i: many)
+        fill_ok(wf, {"prompt": "a", "scheduler": "x"}, choices=lambda c, i: many if c == "KSampler" else None)
     assert caught.value.details == {"scheduler": "must be one of the 12 choices listed by GET /v1/workflows"}
 
 
 def test_no_choices_on_the_server(wf):
     with pytest.raises(InvalidParamsError) as caught:
-        fill_ok(wf, {"prompt": "a", "checkpoint": "a.safetensors"}, choices=lambda c, i: [])
+        fill_ok(wf, {"prompt": "a", "checkpoint": "a.safetensors"},
+                choices=lambda c, i: [] if c == "CheckpointLoaderSimple" else None)
     assert caught.value.details == {"checkpoint": "has no choices available on the server"}
 
 
@@ -469,6 +470,22 @@ def test_shipped_txt2img():
     with pytest.raises(InvalidParamsError) as caught:
         wf.fill({"prompt": "a", "width": 2049, "batch_size": 5, "steps": 61, "cfg": 31})
     assert set(caught.value.details) == {"width", "batch_size", "steps", "cfg"}
+
+
+def test_an_enum_from_default_the_server_lacks_is_a_400_naming_the_param():
+    wf = load_workflow(ROOT / "workflows" / "txt2img.json")
+    offered = {"CheckpointLoaderSimple": ["sdxl.safetensors"]}
+
+    def lookup(class_type, input_name):
+        return offered.get(class_type)
+    with pytest.raises(InvalidParamsError) as caught:
+        wf.fill({"prompt": "a"}, choices=lookup)
+    assert set(caught.value.details) == {"checkpoint"}
+    assert "'v1-5-pruned-emaonly.safetensors' is not offered" in caught.value.details["checkpoint"]
+    _, resolved = wf.fill({"prompt": "a", "checkpoint": "sdxl.safetensors"}, choices=lookup)
+    assert resolved["checkpoint"] == "sdxl.safetensors"
+    _, resolved = wf.fill({"prompt": "a"}, choices=None)  # choices unknown: the default stands
+    assert resolved["checkpoint"] == "v1-5-pruned-emaonly.safetensors"
 
 
 def test_shipped_img2img():

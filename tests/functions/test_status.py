@@ -1,0 +1,48 @@
+"""GET /v1/jobs/{id}: ETag and If-None-Match as apps and proxies send them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from functions.app import create_app
+from shared import jobs
+
+
+@pytest.fixture
+def polled(ctx, db_conn):
+    client = create_app(lambda: ctx).test_client()
+    body = client.post("/v1/auth/dev", json={"user": "alice"}).get_json()
+    job_id = str(uuid.uuid4())
+    jobs.create_job(db_conn, job_id=job_id, user_id=body["user"]["id"], workflow="txt2img", params={"prompt": "x"},
+                    prompt={}, backend_id=None, client_id="c")
+    return client, {"Authorization": f"Bearer {body['token']}"}, job_id
+
+
+@pytest.mark.parametrize("header, status", [
+    ("{tag}", 304),
+    ("W/{tag}", 304),                    # a proxy weakened it
+    ('"other", {tag}', 304),
+    ("*", 304),
+    ('"other"', 200),
+    ("{tag}x", 200),
+])
+def test_if_none_match(polled, header, status):
+    client, h, job_id = polled
+    tag = client.get(f"/v1/jobs/{job_id}", headers=h).headers["ETag"]
+    r = client.get(f"/v1/jobs/{job_id}", headers={**h, "If-None-Match": header.format(tag=tag)})
+    assert r.status_code == status
+    if status == 304:
+        assert r.data == b"" and r.headers["ETag"] == tag
+
+
+def test_every_change_of_the_answer_changes_the_tag(polled, ctx, db_conn, monkeypatch):
+    client, h, job_id = polled
+    tag = client.get(f"/v1/jobs/{job_id}", headers=h).headers["ETag"]
+    assert jobs.mark_submitted(db_conn, job_id, 5)  # ComfyUI took it: the answer changes
+    tag2 = client.get(f"/v1/jobs/{job_id}", headers=h).headers["ETag"]
+    assert tag2 != tag
+    monkeypatch.setattr(type(ctx), "run_seconds", lambda self, workflow, **kw: 42.0)  # another instance's estimate
+    r = client.get(f"/v1/jobs/{job_id}", headers={**h, "If-None-Match": tag2})
+    assert r.status_code == 200 and r.get_json()["job"]["eta_seconds"] is not None
