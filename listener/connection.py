@@ -51,6 +51,8 @@ class BackendWorker(threading.Thread):
         self.executor = ThreadPoolExecutor(max_workers=FINALIZE_THREADS, thread_name_prefix=f"finalize {url}")
         self.backoff = FIRST_DELAY_S
         self.stable_s = STABLE_S
+        self.lease_renewed = 0.0
+        self.unreachable_since: float | None = None  # when the last run of failed connects began
         self.comfy = ctx.comfy(url)
         self.backend_id: int | None = None
         self.client_id: str | None = None
@@ -83,6 +85,8 @@ class BackendWorker(threading.Thread):
             except (websocket.WebSocketException, OSError, ComfyError) as e:
                 log.warning("%s: connection problem: %s", self.url, e)
                 if self.client_id is None and self.backend_id is not None:  # no socket: the server is unreachable
+                    if self.unreachable_since is None:
+                        self.unreachable_since = time.monotonic()
                     self._enforce_unreachable()
             except Exception:
                 log.exception("%s: unexpected error in the listener loop", self.url)
@@ -96,7 +100,15 @@ class BackendWorker(threading.Thread):
 
     def _renew_lease(self) -> bool:
         with self.ctx.db.connection() as conn:
-            return backends.acquire_lease(conn, self.backend_id, self.owner, self.cfg.lease_s)
+            if backends.acquire_lease(conn, self.backend_id, self.owner, self.cfg.lease_s):
+                self.lease_renewed = time.monotonic()
+                return True
+            return False
+
+    def _keep_lease(self) -> None:
+        """Renew the lease if a third of it has passed (called between jobs of long passes too)."""
+        if time.monotonic() - self.lease_renewed >= self.cfg.lease_s / 3 and not self._renew_lease():
+            raise LeaseLostError()
 
     def _release(self) -> None:
         try:
@@ -127,6 +139,7 @@ class BackendWorker(threading.Thread):
                                               enable_multithread=True)
         self.ws.send('{"type": "feature_flags", "data": {"supports_preview_metadata": true}}')
         self.client_id = client_id
+        self.unreachable_since = None
         with self.ctx.db.connection() as conn:
             if not backends.set_connected(conn, self.backend_id, self.owner, client_id):
                 raise LeaseLostError()
@@ -135,7 +148,7 @@ class BackendWorker(threading.Thread):
         self._reconcile()
         self.ws.settimeout(0.5)
         now = time.monotonic()
-        connected_at = last_frame = last_lease = last_reconcile = now
+        connected_at = last_frame = last_reconcile = now
         while not self.stopping.is_set():
             try:
                 opcode, data = self.ws.recv_data()
@@ -157,13 +170,12 @@ class BackendWorker(threading.Thread):
                 raise websocket.WebSocketConnectionClosedException("closed by the server")
             if self.backoff != FIRST_DELAY_S and now - connected_at >= self.stable_s:
                 self.backoff = FIRST_DELAY_S  # the connection held: the next drop is retried quickly
-            if now - last_lease >= self.cfg.lease_s / 3:
-                if not self._renew_lease():
-                    raise LeaseLostError()
-                if last_frame > last_lease:  # /healthz's last_event_at, a few writes a minute at most
+            if now - self.lease_renewed >= self.cfg.lease_s / 3:
+                previous = self.lease_renewed
+                self._keep_lease()
+                if last_frame > previous:  # /healthz's last_event_at, a few writes a minute at most
                     with self.ctx.db.connection() as conn:
                         backends.touch(conn, self.backend_id)
-                last_lease = now
             if now - last_reconcile >= self.cfg.reconcile_interval_s:
                 self._reconcile()
                 last_reconcile = now
@@ -194,7 +206,7 @@ class BackendWorker(threading.Thread):
         try:
             reconcile(self.ctx, backend, self.comfy, self.client_id,
                       submit_grace_s=2 * self.cfg.comfyui_timeout + 5, finalize_job=self._finalize_entry,
-                      missing=self._missing, settle_s=self.cfg.history_retry_s)
+                      missing=self._missing, settle_s=self.cfg.history_retry_s, tick=self._keep_lease)
         except ComfyError as e:  # /queue failed: no job can be judged this time
             log.warning("%s: reconciliation skipped: %s", self.url, e)
         self._enforce_timeouts(self.comfy)  # ComfyUI errors about one job are handled per job inside
@@ -202,13 +214,25 @@ class BackendWorker(threading.Thread):
     def _enforce_timeouts(self, comfy) -> None:
         enforce_timeouts(self.ctx, {"id": self.backend_id, "url": self.url}, comfy,
                          queue_timeout_s=self.cfg.queue_timeout_s, default_run_timeout_s=self.cfg.run_timeout_s,
-                         busy=self._is_finalizing, finalize_job=self._finalize_entry)
+                         busy=self._is_finalizing, finalize_job=self._finalize_entry,
+                         history_grace_s=self.cfg.history_retry_s, tick=self._keep_lease)
 
     def _enforce_unreachable(self) -> None:
-        """Keep the time limits while no socket can be opened (ask ComfyUI over HTTP if that still answers)."""
+        """Keep the jobs settling while no socket can be opened.
+
+        If ComfyUI still answers HTTP, reconcile and enforce limits through it as usual.
+        If not, jobs are failed in the database alone only once the server has been
+        unreachable for longer than WATCHDOG_S: a short outage must not fail jobs
+        whose history (read when it is back) says they succeeded.
+        """
         try:
-            if self._renew_lease():  # connecting took a while: still ours?
-                self._enforce_timeouts(self.comfy if self._answers() else None)
+            self._keep_lease()  # connecting took a while: still ours?
+            if self._answers():
+                self._reconcile()
+            elif time.monotonic() - (self.unreachable_since or time.monotonic()) >= self.cfg.watchdog_s:
+                self._enforce_timeouts(None)
+        except LeaseLostError:
+            log.warning("%s: another listener took over", self.url)
         except DatabaseUnavailableError:
             log.warning("%s: database unavailable; time limits not checked", self.url)
         except Exception:

@@ -42,12 +42,16 @@ def claim_resubmit(conn, job: dict, client_id: str) -> bool:
 
 
 def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_s: float,
-              finalize_job=None, missing: dict | None = None, settle_s: float = 0.0, clock=time.monotonic) -> dict:
+              finalize_job=None, missing: dict | None = None, settle_s: float = 0.0, clock=time.monotonic,
+              tick=None) -> dict:
     """Settle every active job of one backend; return counts of what was done.
 
     A job found in neither the queue nor the history is only declared gone once it
     has been missing for ``settle_s`` (ComfyUI writes history a moment after a
     prompt leaves the queue); ``missing`` remembers since when, across calls.
+    Prompts ComfyUI still holds for jobs that are already final (failed while the
+    server could not be reached, say) are taken off it. ``tick()`` is called
+    between jobs (the listener renews its lease there).
     """
     missing = {} if missing is None else missing
     finalize_job = finalize_job or (lambda job_id, entry: finalize(ctx, job_id, comfy=comfy,
@@ -55,16 +59,19 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
     counts = {"checked": 0, "finalized": 0, "kept": 0, "resubmitted": 0, "lost": 0, "errors": 0}
     with ctx.db.connection() as conn:
         active = jobs.jobs_on_backend(conn, backend["id"])
-    if not active:
-        return counts
     running, pending = comfy.queue()
     started = {e.prompt_id for e in running}
     in_queue = {e.prompt_id: e for e in running + pending}
+    counts["stopped"] = _stop_settled(ctx, comfy, set(in_queue) - {j["id"] for j in active}, started)
+    if not active:
+        return counts
     now = utcnow()
     for job_id in set(missing) - {j["id"] for j in active}:
         missing.pop(job_id, None)  # settled elsewhere: forget it (nothing grows without bound)
     for job in active:
         counts["checked"] += 1
+        if tick is not None:
+            tick()
         try:
             entry = comfy.history(job["id"])
             if entry is not None or job["id"] in in_queue:
@@ -82,6 +89,24 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
             counts["errors"] += 1
             log.warning("job %s: not reconciled this time: %s", job["id"], e)
     return counts
+
+
+def _stop_settled(ctx, comfy, prompt_ids: set, started: set) -> int:
+    """Take off ComfyUI the prompts of jobs that are already final here; return how many."""
+    if not prompt_ids:
+        return 0
+    with ctx.db.connection() as conn:
+        final = jobs.final_job_ids(conn, sorted(prompt_ids))
+    for job_id in final:
+        try:
+            if job_id in started:
+                comfy.interrupt(job_id)
+            else:
+                comfy.delete([job_id])
+            log.info("job %s: already final here, taken off ComfyUI", job_id)
+        except ComfyError as e:
+            log.warning("job %s: could not be taken off ComfyUI: %s (next pass tries again)", job_id, e)
+    return len(final)
 
 
 def _finalize(finalize_job, job_id: str, entry: dict) -> str:
@@ -159,30 +184,38 @@ def _resubmit(ctx, comfy, job: dict, client_id: str) -> bool:
 
 
 def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, default_run_timeout_s: float,
-                     busy=None, finalize_job=None) -> int:
+                     busy=None, finalize_job=None, history_grace_s: float = 30.0, tick=None) -> int:
     """Fail jobs waiting or running past their limits (stopping them on ComfyUI); return how many.
 
     ComfyUI's history has the last word: a job it has finished, or whose
     finalization is under way (``busy(job_id)``), is left to the finalizer
     however late it is (``finalize_job(job_id, entry)`` is handed the ones found
-    here). With ``comfy`` None the server cannot be reached: nothing can be
-    asked or stopped there, so overdue jobs are failed in the database only.
+    here). If /history keeps failing for an overdue job, it is stopped and failed
+    once it is ``history_grace_s`` past its limit. With ``comfy`` None the server
+    cannot be reached: nothing can be asked or stopped there, so overdue jobs are
+    failed in the database only (reconciliation takes their prompts off ComfyUI
+    when it answers again).
     """
     now = utcnow()
     failed = 0
     with ctx.db.connection() as conn:
         active = jobs.jobs_on_backend(conn, backend["id"])
     for job in active:
-        message = _overdue(ctx, job, now, queue_timeout_s=queue_timeout_s, default_run_timeout_s=default_run_timeout_s)
-        if message is None or (busy is not None and busy(job["id"])):
+        overdue = _overdue(ctx, job, now, queue_timeout_s=queue_timeout_s, default_run_timeout_s=default_run_timeout_s)
+        if overdue is None or (busy is not None and busy(job["id"])):
             continue
+        message, over_s = overdue
+        if tick is not None:
+            tick()
         if comfy is not None:
             try:
                 if _finished_on_comfy(comfy, job["id"], finalize_job):
                     continue
             except ComfyError as e:
-                log.warning("job %s: past its limit but /history failed: %s (next pass decides)", job["id"], e)
-                continue
+                if over_s < history_grace_s:
+                    log.warning("job %s: past its limit but /history failed: %s (next pass decides)", job["id"], e)
+                    continue
+                log.warning("job %s: /history still fails %.0fs past the limit (%s): stopped", job["id"], over_s, e)
             _stop(comfy, job)
         with ctx.db.transaction() as conn:
             if jobs.mark_failed(conn, job["id"], code="timeout", message=message):
@@ -192,15 +225,19 @@ def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, defau
     return failed
 
 
-def _overdue(ctx, job: dict, now, *, queue_timeout_s: float, default_run_timeout_s: float) -> str | None:
-    """Why a job is past its time limit, or None while it is within it."""
+def _overdue(ctx, job: dict, now, *, queue_timeout_s: float,
+             default_run_timeout_s: float) -> tuple[str, float] | None:
+    """(why, seconds past the limit) for a job past its time limit, or None while it is within it."""
     if job["status"] == "running":
         wf = ctx.workflows.get(job["workflow"])
         run_limit = (wf.timeout_s if wf and wf.timeout_s else None) or default_run_timeout_s
-        if job["started_at"] and now - job["started_at"] > timedelta(seconds=run_limit):
-            return f"the job ran longer than {run_limit:.0f}s"
-    elif job["status"] in ("submitting", "queued") and now - job["created_at"] > timedelta(seconds=queue_timeout_s):
-        return f"the job waited in the queue longer than {queue_timeout_s:.0f}s"
+        over = (now - job["started_at"]).total_seconds() - run_limit if job["started_at"] else 0.0
+        if over > 0:
+            return f"the job ran longer than {run_limit:.0f}s", over
+    elif job["status"] in ("submitting", "queued"):
+        over = (now - job["created_at"]).total_seconds() - queue_timeout_s
+        if over > 0:
+            return f"the job waited in the queue longer than {queue_timeout_s:.0f}s", over
     return None
 
 

@@ -31,11 +31,17 @@ def get_backend(conn, backend_id: int) -> dict | None:
 
 def acquire_lease(conn, backend_id: int, owner: str, seconds: float) -> bool:
     """Take or renew the ownership of a backend; False while another live listener holds it."""
-    return execute(conn, "UPDATE backends SET owner=%s, "
-                         "lease_until=UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND, updated_at=UTC_TIMESTAMP(3) "
-                         "WHERE id=%s AND (owner=%s OR owner IS NULL OR lease_until IS NULL "
-                         "OR lease_until < UTC_TIMESTAMP(3))",
-                   (owner, int(seconds * 1_000_000), backend_id, owner)) == 1
+    if execute(conn, "UPDATE backends SET owner=%s, "
+                     "lease_until=UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND, updated_at=UTC_TIMESTAMP(3) "
+                     "WHERE id=%s AND (owner=%s OR owner IS NULL OR lease_until IS NULL "
+                     "OR lease_until < UTC_TIMESTAMP(3))",
+               (owner, int(seconds * 1_000_000), backend_id, owner)) == 1:
+        return True
+    # No row changed: either another owner holds it, or ours was renewed within the same
+    # millisecond (identical values count as no change). Only the first is a loss.
+    row = query_one(conn, "SELECT owner = %s AND lease_until >= UTC_TIMESTAMP(3) AS ours FROM backends WHERE id=%s",
+                    (owner, backend_id))
+    return bool(row and row["ours"])
 
 
 def release_lease(conn, backend_id: int, owner: str) -> None:

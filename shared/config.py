@@ -186,7 +186,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RECONCILE_INTERVAL_S", "reconcile_interval_s", _float(0.1), 5.0,
             "Seconds between two reconciliations of a backend's active jobs with ComfyUI."),
     Setting("WATCHDOG_S", "watchdog_s", _float(1.0), 60.0,
-            "A socket silent this long while its backend has running work is reconnected."),
+            "A socket silent this long while a job it carries runs is reconnected; a server unreachable this long "
+            "has its overdue jobs failed without asking it."),
     Setting("LEASE_S", "lease_s", _float(1.0), 10.0,
             "Seconds a listener's ownership of a backend lasts without renewal (failover time)."),
     Setting("QUEUE_TIMEOUT_S", "queue_timeout_s", _float(1.0), 3600.0,

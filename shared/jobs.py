@@ -65,6 +65,15 @@ def jobs_on_backend(conn, backend_id: int, statuses=ACTIVE) -> list[dict]:
                                       (backend_id, *statuses))]
 
 
+def final_job_ids(conn, job_ids: list[str]) -> list[str]:
+    """Which of these ids are jobs in a final state."""
+    if not job_ids:
+        return []
+    marks = ",".join(["%s"] * len(job_ids))
+    return [r["id"] for r in query(conn, f"SELECT id FROM jobs WHERE id IN ({marks}) "
+                                         "AND status IN ('succeeded','failed','cancelled')", job_ids)]
+
+
 def list_user_jobs(conn, user_id: str, *, limit: int, before: tuple[datetime, str] | None = None) -> list[dict]:
     """The user's jobs, newest first, after a (created_at, id) cursor."""
     sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j WHERE j.user_id=%s"

@@ -43,3 +43,11 @@ def test_an_expired_lease_is_taken_over(db_conn):
     wait_for(lambda: backends.acquire_lease(db_conn, backend_id, "b", 10), 5, "the expired lease was not taken")
     assert not backends.acquire_lease(db_conn, backend_id, "a", 10)
     assert backends.pick_backend(db_conn, [URL]) is None  # b owns it but has no socket yet
+
+
+def test_renewing_our_own_lease_twice_in_a_millisecond_is_not_a_loss(db_conn):
+    backend_id = backends.ensure_backend(db_conn, "http://renew.test")
+    for _ in range(200):
+        assert backends.acquire_lease(db_conn, backend_id, "me", 10)
+        assert backends.acquire_lease(db_conn, backend_id, "me", 10)
+    assert not backends.acquire_lease(db_conn, backend_id, "someone-else", 10)

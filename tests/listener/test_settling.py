@@ -86,7 +86,8 @@ def test_job_that_finished_while_the_listener_was_down_succeeds_even_past_its_li
 
 def test_jobs_of_an_unreachable_server_still_time_out(harness_factory, tmp_path):
     with FakeComfy(step_delay=0.05) as fake:  # 60 steps: 3 s, past the 1 s run limit
-        h = harness_factory(fake, WORKFLOWS_DIR=limited_workflows(tmp_path, 1), QUEUE_TIMEOUT_S="1")
+        # WATCHDOG_S: how long the server must have been unreachable before jobs fail in the database alone.
+        h = harness_factory(fake, WORKFLOWS_DIR=limited_workflows(tmp_path, 1), QUEUE_TIMEOUT_S="1", WATCHDOG_S="1")
         h.start_listener()
         running = h.submit(txt2img(seed=202, steps=60))
         queued = h.submit(txt2img(seed=203))
@@ -98,6 +99,80 @@ def test_jobs_of_an_unreachable_server_still_time_out(harness_factory, tmp_path)
             assert (job["status"], job["error_code"]) == ("failed", "timeout")
             assert len(h.usage(job_id)) == 1
         assert not h.backend(fake.base_url)["connected"]
+
+
+def test_a_short_outage_does_not_fail_a_job_comfyui_finished(harness_factory, fake):
+    """Past its limit in the database, finished on ComfyUI, then a blip: history decides, not the clock."""
+    h = harness_factory(fake, QUEUE_TIMEOUT_S="1", RECONCILE_INTERVAL_S="1000", WATCHDOG_S="60")
+    h.start_listener()
+    fake.go_silent(True)  # the completion frames are lost
+    job_id = h.submit(txt2img(seed=206))
+    wait_for(lambda: requests.get(f"{fake.base_url}/history/{job_id}", timeout=5).json(), 10, "never ran")
+    time.sleep(1.2)  # past the queue limit, still queued in the database
+    fake.reject_connections(True)
+    fake.drop_sockets()
+    wait_for(lambda: not h.backend(fake.base_url)["connected"], 10, "the socket stayed up")
+    time.sleep(1.0)  # a few failed connects
+    assert h.job(job_id)["status"] == "queued"
+    fake.reject_connections(False)
+    fake.go_silent(False)
+    job = h.wait_final(job_id, 15)
+    assert job["status"] == "succeeded" and len(h.outputs(job_id)) == 1
+
+
+def test_prompts_of_jobs_failed_while_unreachable_are_taken_off_comfyui(harness_factory, fake):
+    h = harness_factory(fake, QUEUE_TIMEOUT_S="1", RECONCILE_INTERVAL_S="0.3", WATCHDOG_S="1")
+    h.start_listener()
+    fake.pause()
+    job_id = h.submit(txt2img(seed=207))
+    fake.reject_connections(True)
+    fake.drop_sockets()
+    assert h.wait_final(job_id, 10)["error_code"] == "timeout"  # failed in the database alone
+    assert job_id in fake._call(lambda server: [run.prompt_id for run in server.pending])  # ComfyUI still has it
+    fake.reject_connections(False)
+    wait_for(lambda: job_id not in requests.get(f"{fake.base_url}/queue", timeout=5).text, 10,
+             "the failed job's prompt stayed in ComfyUI's queue (it would run for nothing)")
+    fake.resume()
+
+
+def test_an_overdue_job_whose_history_keeps_failing_is_still_stopped(harness_factory, fake):
+    h = harness_factory(fake, QUEUE_TIMEOUT_S="1", RECONCILE_INTERVAL_S="0.3", HISTORY_RETRY_S="1")
+    h.start_listener()
+    fake.pause()
+    job_id = h.submit(txt2img(seed=208))
+    fake.fail_http(f"/history/{job_id}", status=500, times=10**6)
+    job = h.wait_final(job_id, 10)
+    assert (job["status"], job["error_code"]) == ("failed", "timeout")
+    assert job_id not in requests.get(f"{fake.base_url}/queue", timeout=5).text
+    fake.resume()
+
+
+def test_the_lease_holds_through_a_slow_reconciliation(harness_factory, fake, monkeypatch):
+    """Every /history call hangs for a while: the owner renews between jobs and never looks gone."""
+    from shared import comfy as comfy_mod
+    slow = {"on": False}
+    real = comfy_mod.ComfyClient.history
+
+    def history(self, prompt_id):
+        if slow["on"]:
+            time.sleep(0.5)
+            raise comfy_mod.ComfyTimeoutError("GET /history: no answer within 0.5s")
+        return real(self, prompt_id)
+    monkeypatch.setattr(comfy_mod.ComfyClient, "history", history)
+    h = harness_factory(fake, LEASE_S="3", RECONCILE_INTERVAL_S="0.3", COMFYUI_TIMEOUT="0.5")
+    h.start_listener()
+    fake.pause()
+    for i in range(8):
+        h.submit(txt2img(seed=210 + i))
+    slow["on"] = True
+    lapsed = 0
+    for _ in range(30):
+        row = h.sql("SELECT connected, lease_until > UTC_TIMESTAMP(3) AS live FROM backends")[0]
+        lapsed += bool(row["connected"] and not row["live"])
+        time.sleep(0.2)
+    slow["on"] = False
+    fake.resume()
+    assert lapsed == 0, f"connected without a live lease in {lapsed} of 30 looks (the API would answer 503)"
 
 
 # 3. Bad answers about one job ---------------------------------------------------------------------------
