@@ -28,7 +28,7 @@ def fake():
 
 
 @pytest.fixture(params=["local", "s3"])
-def stack_config(request, make_config, fake, tmp_path):
+def stack_config(request, make_config, db_conn, fake, tmp_path):  # db_conn: start from empty tables
     env = {"COMFYUI_URLS": fake.base_url}
     if request.param == "s3":
         s3 = request.getfixturevalue("s3rver")
@@ -155,7 +155,7 @@ def lambda_event(method: str, path: str, body=None, token=None, path_params=None
             "body": base64.b64encode(raw).decode(), "isBase64Encoded": True}
 
 
-def test_lambda_door_end_to_end(make_config, fake, s3rver, tmp_path):
+def test_lambda_door_end_to_end(make_config, db_conn, fake, s3rver, tmp_path):
     cfg = make_config(COMFYUI_URLS=fake.base_url, STORAGE_URL=f"s3://{s3rver.bucket}/lambda-{time.time_ns()}",
                       S3_ENDPOINT_URL=s3rver.endpoint_url)
     listener = start_listener(cfg, tmp_path)
@@ -196,7 +196,7 @@ def test_lambda_door_end_to_end(make_config, fake, s3rver, tmp_path):
     assert "Traceback" not in listener.log(), listener.log()
 
 
-def test_no_secret_reaches_an_answer_or_a_log_line(make_config, fake, s3rver, tmp_path, monkeypatch):
+def test_no_secret_reaches_an_answer_or_a_log_line(make_config, db_conn, fake, s3rver, tmp_path, monkeypatch):
     """SECRET_KEY, ADMIN_TOKEN and the S3 secret key appear in no response body or header and no log line.
 
     One pass over every endpoint (answers and errors, both storages' worth of links) with
