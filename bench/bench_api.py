@@ -28,32 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import requests  # noqa: E402
 
 from shared import jobs  # noqa: E402
-from shared.config import Config, DatabaseUrl  # noqa: E402
+from shared.config import Config  # noqa: E402
 from shared.db import connect  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.tokens import issue_token  # noqa: E402
 from shared.users import get_or_create_user  # noqa: E402
-from tests.stack import start_api  # noqa: E402
+from tests.stack import database_server, start_api  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef"
 
 
-def server_url() -> tuple[DatabaseUrl, object]:
-    import os
-    if os.environ.get("TEST_DATABASE_URL"):
-        return DatabaseUrl.parse(os.environ["TEST_DATABASE_URL"]), None
-    try:
-        url = DatabaseUrl(host="127.0.0.1", port=3306, user="root", password="", database="mysql")
-        connect(url, database=False).close()
-        return url, None
-    except Exception:
-        from shared.localdb import LocalDatabase
-        local = LocalDatabase(Path(tempfile.mkdtemp()) / "mysql")
-        return local.start(), local
-
-
 def bench_polls(args) -> None:
-    server, local = server_url()
+    server, local = database_server(None, Path(tempfile.mkdtemp()) / "mysql")
     name = f"gw_bench_{uuid.uuid4().hex[:8]}"
     admin = connect(server, database=False)
     admin.cursor().execute(f"CREATE DATABASE `{name}`")
