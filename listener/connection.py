@@ -59,6 +59,7 @@ class BackendWorker(threading.Thread):
         self.ws = None
         self._finalizing: set[str] = set()
         self._missing: dict[str, float] = {}
+        self._history_failing: dict[str, float] = {}
         self._final_lock = threading.Lock()
         self.stats = {"frames": 0, "ignored": 0, "reconnects": 0, "event_errors": 0}
         self.tracker: Tracker | None = None
@@ -75,6 +76,7 @@ class BackendWorker(threading.Thread):
                     with self.ctx.db.connection() as conn:
                         self.backend_id = backends.ensure_backend(conn, self.url)
                 if not self._renew_lease():
+                    self.unreachable_since = None  # not ours: whatever we saw of the server is another's now
                     self.stopping.wait(self.cfg.lease_s / 3)
                     continue
                 self._serve()
@@ -215,7 +217,8 @@ class BackendWorker(threading.Thread):
         enforce_timeouts(self.ctx, {"id": self.backend_id, "url": self.url}, comfy,
                          queue_timeout_s=self.cfg.queue_timeout_s, default_run_timeout_s=self.cfg.run_timeout_s,
                          busy=self._is_finalizing, finalize_job=self._finalize_entry,
-                         history_grace_s=self.cfg.history_retry_s, tick=self._keep_lease)
+                         history_grace_s=self.cfg.history_retry_s, tick=self._keep_lease,
+                         history_failing=self._history_failing)
 
     def _enforce_unreachable(self) -> None:
         """Keep the jobs settling while no socket can be opened.
@@ -228,10 +231,12 @@ class BackendWorker(threading.Thread):
         try:
             self._keep_lease()  # connecting took a while: still ours?
             if self._answers():
+                self.unreachable_since = None  # HTTP answers: the grace starts over when it stops answering
                 self._reconcile()
             elif time.monotonic() - (self.unreachable_since or time.monotonic()) >= self.cfg.watchdog_s:
                 self._enforce_timeouts(None)
         except LeaseLostError:
+            self.unreachable_since = None
             log.warning("%s: another listener took over", self.url)
         except DatabaseUnavailableError:
             log.warning("%s: database unavailable; time limits not checked", self.url)

@@ -152,7 +152,10 @@ def _settle_missing(ctx, backend: dict, comfy, client_id: str | None, job: dict,
     if clock() - first_missed < settle_s:
         return "kept"  # maybe its history is not written yet: look again later
     missing.pop(job_id, None)
-    if job["status"] in ("submitting", "queued") and job["submit_attempts"] < MAX_SUBMIT_ATTEMPTS and client_id:
+    if job["status"] in ("submitting", "queued") and job["submit_attempts"] < MAX_SUBMIT_ATTEMPTS:
+        if not client_id:
+            missing[job_id] = first_missed  # no socket to resubmit under yet: once there is one (its time limit
+            return "kept"                   # still applies meanwhile)
         if _resubmit(ctx, comfy, job, client_id):
             return "resubmitted"
     with ctx.db.transaction() as conn:
@@ -184,38 +187,48 @@ def _resubmit(ctx, comfy, job: dict, client_id: str) -> bool:
 
 
 def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, default_run_timeout_s: float,
-                     busy=None, finalize_job=None, history_grace_s: float = 30.0, tick=None) -> int:
+                     busy=None, finalize_job=None, history_grace_s: float = 30.0, tick=None,
+                     history_failing: dict | None = None, clock=time.monotonic) -> int:
     """Fail jobs waiting or running past their limits (stopping them on ComfyUI); return how many.
 
     ComfyUI's history has the last word: a job it has finished, or whose
     finalization is under way (``busy(job_id)``), is left to the finalizer
     however late it is (``finalize_job(job_id, entry)`` is handed the ones found
     here). If /history keeps failing for an overdue job, it is stopped and failed
-    once it is ``history_grace_s`` past its limit. With ``comfy`` None the server
+    once it has failed for ``history_grace_s`` on end (``history_failing`` remembers
+    since when, across calls): one bad answer never decides. With ``comfy`` None the server
     cannot be reached: nothing can be asked or stopped there, so overdue jobs are
     failed in the database only (reconciliation takes their prompts off ComfyUI
     when it answers again).
     """
     now = utcnow()
     failed = 0
+    failing = {} if history_failing is None else history_failing
     with ctx.db.connection() as conn:
         active = jobs.jobs_on_backend(conn, backend["id"])
+    for job_id in set(failing) - {j["id"] for j in active}:
+        failing.pop(job_id, None)  # settled: forget it (nothing grows without bound)
     for job in active:
         overdue = _overdue(ctx, job, now, queue_timeout_s=queue_timeout_s, default_run_timeout_s=default_run_timeout_s)
         if overdue is None or (busy is not None and busy(job["id"])):
             continue
-        message, over_s = overdue
+        message = overdue[0]
         if tick is not None:
             tick()
         if comfy is not None:
             try:
-                if _finished_on_comfy(comfy, job["id"], finalize_job):
+                finished = _finished_on_comfy(comfy, job["id"], finalize_job)
+                failing.pop(job["id"], None)
+                if finished:
                     continue
             except ComfyError as e:
-                if over_s < history_grace_s:
+                failing_s = clock() - failing.setdefault(job["id"], clock())
+                if failing_s < history_grace_s:
                     log.warning("job %s: past its limit but /history failed: %s (next pass decides)", job["id"], e)
                     continue
-                log.warning("job %s: /history still fails %.0fs past the limit (%s): stopped", job["id"], over_s, e)
+                log.warning("job %s: past its limit and /history failing for %.0fs (%s): stopped", job["id"],
+                            failing_s, e)
+                failing.pop(job["id"], None)
             _stop(comfy, job)
         with ctx.db.transaction() as conn:
             if jobs.mark_failed(conn, job["id"], code="timeout", message=message):

@@ -175,6 +175,40 @@ def test_the_lease_holds_through_a_slow_reconciliation(harness_factory, fake, mo
     assert lapsed == 0, f"connected without a live lease in {lapsed} of 30 looks (the API would answer 503)"
 
 
+def test_a_transient_history_error_never_fails_a_job_that_succeeded(harness_factory, tmp_path):
+    """Finished on ComfyUI while the listener was down, well past its limit; /history then fails twice."""
+    with FakeComfy(step_delay=0.02) as fake:
+        h = harness_factory(fake, WORKFLOWS_DIR=limited_workflows(tmp_path, 2), HISTORY_RETRY_S="1")
+        h.start_listener()
+        job_id = h.submit(txt2img(seed=209, steps=60))
+        wait_for(lambda: h.job(job_id)["status"] == "running", 10, "never ran")
+        h.stop_listener()
+        wait_for(lambda: requests.get(f"{fake.base_url}/history/{job_id}", timeout=5).json(), 10, "never finished")
+        started = h.job(job_id)["started_at"]
+        wait_for(lambda: (utcnow() - started).total_seconds() > 3.5, 10, "limit not passed")
+        fake.fail_http(f"/history/{job_id}", status=502, times=2)
+        h.start_listener()
+        job = h.wait_final(job_id, 15)
+        assert (job["status"], job["error_code"]) == ("succeeded", None)
+
+
+def test_a_lost_job_waits_for_a_socket_to_be_resubmitted_under(harness_factory, fake):
+    """ComfyUI restarted (queue lost) and its WebSocket is refused while HTTP answers: no backend_lost."""
+    h = harness_factory(fake, HISTORY_RETRY_S="1", RECONNECT_MAX_S="0.5")
+    h.start_listener()
+    fake.pause()
+    job_id = h.submit(txt2img(seed=219))
+    fake.fail_http("/ws", status=502, times=10**6)  # a proxy refuses the upgrade
+    fake.restart()
+    wait_for(lambda: not h.backend(fake.base_url)["connected"], 10, "the socket stayed up")
+    time.sleep(3)  # several reconciliations over HTTP, past the history grace
+    assert h.job(job_id)["status"] in ("submitting", "queued")
+    fake._call(lambda server: server.fail_rules.clear())
+    fake.resume()
+    job = h.wait_final(job_id, 20)
+    assert job["status"] == "succeeded" and job["submit_attempts"] == 2
+
+
 # 3. Bad answers about one job ---------------------------------------------------------------------------
 
 def test_a_bad_history_answer_for_one_job_does_not_hold_up_the_others(harness_factory, fake):
