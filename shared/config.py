@@ -82,6 +82,13 @@ def _float(lo: float = 0.0):
     return parse
 
 
+def _addressing_style(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("auto", "path", "virtual"):
+        raise ValueError("must be auto, path or virtual")
+    return v
+
+
 def _bool(value: str) -> bool:
     v = value.strip().lower()
     if v in ("1", "true", "yes", "on"):
@@ -148,6 +155,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("S3_ENDPOINT_URL", "s3_endpoint_url", _http_url, None,
             "Endpoint of a non-AWS S3 API (MinIO, Tencent COS, Aliyun OSS, ...)."),
     Setting("S3_REGION", "s3_region", _str, "us-east-1", "Region used to sign S3 requests (SigV4)."),
+    Setting("S3_ADDRESSING_STYLE", "s3_addressing_style", _addressing_style, "auto",
+            "auto: path-style (endpoint/bucket/key) with S3_ENDPOINT_URL, else AWS's choice; virtual "
+            "(bucket.endpoint/key, needed by Tencent COS and Aliyun OSS) or path to force one."),
     Setting("PUBLIC_BASE_URL", "public_base_url", _http_url, "http://127.0.0.1:8000",
             "How apps reach this API; the base of local-storage links."),
     Setting("SIGNED_URL_TTL", "signed_url_ttl", _int(60, 7 * 86400), 3600,
@@ -222,6 +232,7 @@ class Config:
     storage_url: str
     s3_endpoint_url: str | None
     s3_region: str
+    s3_addressing_style: str
     public_base_url: str
     signed_url_ttl: int
     secret_key: str | None

@@ -219,16 +219,19 @@ class ObjectStore:
 # --------------------------------------------------------------------------- S3
 
 def make_s3_client(endpoint_url: str | None, region: str, *, connect_timeout: float = 5.0,
-                   read_timeout: float = 30.0, max_attempts: int = 3):
+                   read_timeout: float = 30.0, max_attempts: int = 3, addressing_style: str = "auto"):
     """A boto3 S3 client that signs with SigV4 and fails fast.
 
     ``max_attempts`` counts every try of a request (1 = no retry); retries use
     botocore's "standard" mode (exponential backoff with jitter).
 
-    With ``endpoint_url`` (MinIO, COS, OSS, s3rver...) buckets are addressed
-    path-style. Checksums are only sent when an operation requires them:
-    botocore >= 1.36 otherwise sends aws-chunked bodies with CRC trailers, which
-    many S3-compatible servers store verbatim or refuse. Credentials come from
+    ``addressing_style`` "auto" addresses buckets path-style at a custom
+    ``endpoint_url`` (MinIO, s3rver...) and as AWS prefers otherwise; "virtual"
+    (Tencent COS, Aliyun OSS: bucket.endpoint) and "path" force one. Checksums
+    are only sent when an operation requires them: botocore >= 1.36 otherwise
+    sends aws-chunked bodies with CRC trailers, which many S3-compatible servers
+    store verbatim or refuse (an older botocore, as a Lambda runtime may bring,
+    has neither behaviour nor the option). Credentials come from
     boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, the
     Lambda role, ...), never from our config.
     """
@@ -241,11 +244,12 @@ def make_s3_client(endpoint_url: str | None, region: str, *, connect_timeout: fl
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"mode": "standard", "total_max_attempts": max_attempts},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
     )
-    if endpoint_url:
-        options["s3"] = {"addressing_style": "path"}
+    if "request_checksum_calculation" in BotoConfig.OPTION_DEFAULTS:
+        options.update(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+    style = "path" if addressing_style == "auto" and endpoint_url else addressing_style
+    if style != "auto":
+        options["s3"] = {"addressing_style": style}
     return boto3.client("s3", endpoint_url=endpoint_url or None, config=BotoConfig(**options))
 
 
@@ -768,7 +772,8 @@ def open_store(config) -> ObjectStore:
     """The store ``config.storage_url`` names (``s3://bucket/prefix`` or ``file:///path``)."""
     parts = urlsplit(config.storage_url)
     if parts.scheme == "s3":
-        client = make_s3_client(config.s3_endpoint_url, config.s3_region)
+        client = make_s3_client(config.s3_endpoint_url, config.s3_region,
+                                addressing_style=config.s3_addressing_style)
         return S3Store(client, parts.netloc, unquote(parts.path).strip("/"))
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):

@@ -460,6 +460,17 @@ def test_make_s3_client_settings():
     assert aws.meta.config.s3 is None and aws.meta.endpoint_url.endswith("amazonaws.com")
 
 
+@pytest.mark.parametrize("style, host", [("virtual", "pics.cos.example.test"), ("path", "cos.example.test")])
+def test_addressing_style_for_cos_and_oss(style, host):
+    """Tencent COS and Aliyun OSS want bucket.endpoint; the signed URL must name that host."""
+    client = make_s3_client("https://cos.example.test", "ap-guangzhou", addressing_style=style)
+    url, _ = S3Store(client, "pics").signed_url("users/u/jobs/j/9_0.png", 60)
+    parts = urlsplit(url)
+    assert parts.hostname == host
+    assert parts.path == ("/users/u/jobs/j/9_0.png" if style == "virtual" else "/pics/users/u/jobs/j/9_0.png")
+    assert dict(parse_qsl(parts.query))["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+
+
 def test_a_client_that_presigns_sigv2_is_refused(monkeypatch):
     import boto3
 
