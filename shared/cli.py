@@ -1,7 +1,7 @@
 """The `gateway` command: migrate, serve, listen, dev.
 
     gateway migrate                 apply the missing sql/ files
-    gateway serve [--bind H:P] [--workers N]   the HTTP API under gunicorn
+    gateway serve [--bind H:P] [--workers N] [--threads N] [--access-log]   the HTTP API under gunicorn
     gateway listen                  the ComfyUI listener (one process for every backend)
     gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all)
     gateway usage export [--since T] [--until T] [--after-id N] [--format csv|jsonl] [--output F]

@@ -147,7 +147,8 @@ def _state(*parts: str) -> str:
 # (variable, field, parser, default, description): the README table mirrors this.
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "database_url", _database_url, None,
-            "MySQL/MariaDB as mysql://user:pass@host:port/db. Unset: `gateway dev` and the tests start a private MariaDB."),
+            "MySQL/MariaDB as mysql://user:pass@host:port/db. Unset: `gateway dev` starts a private MariaDB "
+            "(the tests use TEST_DATABASE_URL, else 127.0.0.1:3306, else a private one)."),
     Setting("COMFYUI_URLS", "comfyui_urls", _http_urls, "http://127.0.0.1:8188",
             "Comma-separated base URLs of the ComfyUI servers."),
     Setting("STORAGE_URL", "storage_url", _storage_url, None,

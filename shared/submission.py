@@ -1,6 +1,6 @@
 """Submitting a job: validate, pick a backend, write the row, then POST /prompt.
 
-The order matters (see the ComfyUI facts in the README): the gateway chooses
+The order matters (see the ComfyUI facts in tests/fixtures/comfyui/README.md): the gateway chooses
 the prompt_id and records the job *before* ComfyUI hears of it, and submits
 under the clientId of the listener's current socket so the events come back.
 """
