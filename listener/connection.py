@@ -2,8 +2,9 @@
 
 Each connection uses a fresh clientId (never reuse one an older socket may
 still hold: see the ComfyUI facts in tests/fixtures/comfyui/README.md) and
-publishes it on the backend row, so new submissions are routed to this socket. Jobs submitted under an earlier id get
-no more events; reconciliation tracks them by polling until they are final.
+publishes it on the backend row, so new submissions are routed to this socket.
+Jobs submitted under an earlier id get no more events; reconciliation tracks
+them by polling until they are final.
 Ownership of a backend is a lease in MySQL: one listener at a time serves it,
 another takes over when the lease runs out. While the server cannot be reached
 the owner still enforces the jobs' time limits, so no job stays active forever.
