@@ -10,6 +10,11 @@ from email.policy import HTTP
 from shared.errors import ForbiddenError, InvalidUploadError, NotFoundError, PayloadTooLargeError
 from shared.http import Response, lambda_handler
 
+# The form's fields (key, content type, size range, expiry, signature) and the file: a handful.
+MAX_FORM_PARTS = 20
+# Types /v1/files serves as themselves; anything else is a download (application/octet-stream).
+SAFE_TYPES = {"image/png", "image/jpeg", "image/webp"}
+
 
 def download(ctx, req):
     store = ctx.store
@@ -26,8 +31,13 @@ def download(ctx, req):
         raise ForbiddenError("this link is not valid") from None
     except FileNotFoundError:
         raise NotFoundError("no such file") from None
-    return Response(status=200, stream=fileobj, content_type=content_type,
-                    headers={"Content-Length": str(size), "Cache-Control": "private, max-age=300"})
+    headers = {"Content-Length": str(size), "Cache-Control": "private, max-age=300",
+               # Served from the API's own origin: never let a browser run or re-type what it gets.
+               "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+    if content_type not in SAFE_TYPES:
+        content_type = "application/octet-stream"
+        headers["Content-Disposition"] = "attachment"
+    return Response(status=200, stream=fileobj, content_type=content_type, headers=headers)
 
 
 handler = lambda_handler(download)
@@ -37,8 +47,15 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict, tuple[str, by
     """Split a multipart/form-data body into (text fields, (file part type, file bytes))."""
     if not content_type.lower().startswith("multipart/form-data"):
         raise InvalidUploadError("send the image as multipart/form-data")
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    # Anyone may post here before the form's signature is checked: bound the parser's work first.
+    boundary = content_type.partition("boundary=")[2].split(";")[0].strip().strip('"').encode("latin-1", "replace")
+    if not boundary or body.count(b"--" + boundary) > MAX_FORM_PARTS + 1:
+        raise InvalidUploadError(f"a form of at most {MAX_FORM_PARTS} parts, with a boundary, is expected")
+    try:
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    except (RecursionError, ValueError, UnicodeError):
+        raise InvalidUploadError("malformed multipart body") from None
     if not message.is_multipart():
         raise InvalidUploadError("malformed multipart body")
     fields, file = {}, None

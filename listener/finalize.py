@@ -13,7 +13,7 @@ import logging
 import time
 
 from shared import jobs
-from shared.comfy import ComfyError, ComfyNotFoundError
+from shared.comfy import ComfyError, ComfyNotFoundError, ComfyProtocolError
 from shared.images import HeadCapture, sniff
 from shared.usage import write_usage
 
@@ -128,6 +128,9 @@ def copy_output(comfy, store, job: dict, node_id: str, index: int, image: dict, 
         key = output_key(job, node_id, index, declared)
         store.put_stream(key, capture, declared if declared in EXTENSIONS else "image/png")
     sniffed = sniff(bytes(capture.head))
+    if sniffed is None and not declared.startswith("image/"):
+        # A proxy's or server's error page with status 200: not the image history lists (retried).
+        raise ComfyProtocolError(f"/view {image['filename']}: answered {declared or 'no type'}, not an image")
     content_type, width, height = sniffed if sniffed else (declared, None, None)
     return {"node_id": node_id, "index": index, "key": key, "content_type": content_type,
             "size": capture.total, "width": width, "height": height}

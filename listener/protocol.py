@@ -82,6 +82,7 @@ PREVIEW_IMAGE_WITH_METADATA = 4
 
 #: Image type codes of type-1 previews, as MIME types.
 IMAGE_TYPES = {1: "image/jpeg", 2: "image/png"}
+PREVIEW_TYPES = {"image/jpeg", "image/png", "image/webp"}
 
 _U32 = struct.Struct(">I")
 
@@ -516,8 +517,8 @@ def _preview_with_metadata(frame: bytes, kind: str) -> Event:
         node_id = _opt_str(metadata, "node_id")
     except _Bad as bad:
         return Ignored(f"preview metadata: {bad}", kind)
-    if not mime.startswith("image/"):
-        return Ignored(f"preview image type {mime!r} is not an image MIME type", kind)
+    if mime not in PREVIEW_TYPES:  # stored and served back to apps: no SVG (scripts), nothing unexpected
+        return Ignored(f"preview image type {mime!r} is not PNG, JPEG or WebP", kind)
     image = frame[end:]
     if not image:
         return Ignored("preview frame has no image", kind)

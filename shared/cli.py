@@ -125,6 +125,13 @@ def cmd_dev(args) -> int:
         env["SECRET_KEY"] = _dev_secret(state)
     procs: list[subprocess.Popen] = []
     local_db = None
+
+    def stop(*_):
+        raise KeyboardInterrupt()
+    # From here on every way out (Ctrl-C, kill, a closed terminal) runs the clean-up below, which
+    # stops the private MariaDB too: it runs in its own session and would outlive us.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     try:
         if cfg.database_url is None:
             from shared.localdb import LocalDatabase, LocalDatabaseError
@@ -148,7 +155,6 @@ def cmd_dev(args) -> int:
         print(f"gateway dev: API on http://{args.bind} (try: curl -X POST http://{args.bind}/v1/auth/dev "
               f"-H 'Content-Type: application/json' -d '{{\"user\": \"alice\"}}'); Ctrl-C stops everything",
               flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return 1
@@ -158,6 +164,8 @@ def cmd_dev(args) -> int:
         print(f"gateway dev: {e}", file=sys.stderr)
         return 1
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut this short
+            signal.signal(sig, signal.SIG_IGN)
         for p in procs:
             if p.poll() is None:
                 p.terminate()

@@ -76,6 +76,9 @@ def check_upload(ctx, user_id: str, upload_id, field: str) -> dict:
         if size > row["max_bytes"]:
             raise InvalidUploadError("the image is too large", details={field: f"over {row['max_bytes']} bytes"})
         found = sniff(data.read(HEAD_BYTES))
+        if found and found[0] == "image/jpeg" and found[1] is None:
+            data.seek(0)  # phones' metadata (XMP depth maps, thumbnails) can put the frame header far in
+            found = sniff(data.read())
         if found is None or found[0] not in ALLOWED_TYPES:
             raise InvalidUploadError("the file is not a PNG, JPEG or WebP image", details={field: "not an image"})
         ctype, width, height = found

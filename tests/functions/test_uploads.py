@@ -143,3 +143,55 @@ def test_local_upload_endpoint_enforces_size_and_signature(stack):
     assert wx_upload(client, up, b"\x89PNG" + b"0" * 300000) == 413
     tampered = {**up, "fields": {**up["fields"], "key": up["fields"]["key"].replace("uploads", "jobs")}}
     assert wx_upload(client, tampered, PNG) == 403
+
+
+def test_the_local_upload_target_bounds_its_parser(ctx):
+    """Anyone can post before the signature is checked: many parts, no boundary, deep nesting are 400s."""
+    client = create_app(lambda: ctx).test_client()  # ctx: local-folder storage, the store with this endpoint
+    many = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(500))
+    nested = b"--b\r\nContent-Type: multipart/mixed; boundary=c\r\n\r\n" * 3000
+    for content_type, body in (("multipart/form-data; boundary=b", many + b"--b--\r\n"),
+                               ("multipart/form-data", b"--b\r\n\r\n--b--"),
+                               ("multipart/form-data; boundary=b", nested)):
+        r = client.post("/v1/files", data=body, content_type=content_type)
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_upload", r.get_data(as_text=True)
+
+
+def test_local_links_serve_images_as_images_and_anything_else_as_a_download(ctx):
+    client = create_app(lambda: ctx).test_client()
+    for key, data, ctype, served in (("users/u/a.png", PNG, "image/png", "image/png"),
+                                     ("users/u/b.svg", b"<svg onload=alert(1)>", "image/svg+xml",
+                                      "application/octet-stream")):
+        ctx.store.put_bytes(key, data, ctype)
+        url = urlsplit(ctx.store.signed_url(key, 60)[0])
+        r = client.get(url.path + "?" + url.query)
+        assert r.status_code == 200 and r.data == data
+        assert r.headers["Content-Type"] == served
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert "sandbox" in r.headers["Content-Security-Policy"]
+        assert ("Content-Disposition" in r.headers) == (served == "application/octet-stream")
+
+
+def phone_jpeg(width: int, height: int, metadata_bytes: int) -> bytes:
+    """A JPEG whose APP1 segments (XMP, depth maps, thumbnails) put the frame header past 64 KiB."""
+    import struct
+    out = b"\xff\xd8"
+    while metadata_bytes > 0:
+        n = min(metadata_bytes, 65533)
+        out += b"\xff\xe1" + struct.pack(">H", n + 2) + b"x" * n
+        metadata_bytes -= n
+    sof = b"\x08" + struct.pack(">HH", height, width) + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    return out + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+
+
+def test_a_phone_jpeg_with_large_metadata_is_measured(stack):
+    from shared.uploads import check_upload
+    kind, ctx, client = stack
+    h = login(client, "alice")
+    data = phone_jpeg(800, 600, 130_000)
+    up = new_upload(client, h, ctype="image/jpeg", size=len(data))
+    assert wx_upload(client, up, data, part_type="image/jpeg") in (200, 201, 204)
+    user_id = client.post("/v1/auth/dev", json={"user": "alice"}).get_json()["user"]["id"]
+    checked = check_upload(ctx, user_id, up["id"], "inputs.image")
+    checked["file"].close()
+    assert (checked["content_type"], checked["width"], checked["height"]) == ("image/jpeg", 800, 600)

@@ -239,6 +239,15 @@ def test_transient_view_failures_are_retried(harness, fake):
     assert harness.wait_final(job_id)["status"] == "succeeded"
 
 
+def test_an_error_page_with_status_200_is_not_taken_for_the_image(harness, fake):
+    """A proxy answers /view 200 with HTML twice: retried, and only the real image is recorded."""
+    fake.fail_http("/view", status=200, times=2, html=True)
+    job_id = harness.submit(txt2img(seed=93))
+    assert harness.wait_final(job_id)["status"] == "succeeded"
+    [out] = harness.outputs(job_id)
+    assert out["content_type"] == "image/png" and (out["width"], out["height"]) == (64, 64)
+
+
 # 11. ComfyUI answers badly ----------------------------------------------------------------------------------
 
 def test_html_and_5xx_from_history_do_not_stop_the_listener(harness, fake):

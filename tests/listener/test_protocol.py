@@ -303,6 +303,7 @@ MALFORMED_BINARY = [
     (meta_frame({"node_id": "3", "prompt_id": PID}), "binary:4"),  # no image_type
     (meta_frame({**GOOD_META, "image_type": 2}), "binary:4"),
     (meta_frame({**GOOD_META, "image_type": "text/plain"}), "binary:4"),
+    (meta_frame({**GOOD_META, "image_type": "image/svg+xml"}), "binary:4"),  # would be served with its scripts
     (meta_frame({**GOOD_META, "prompt_id": 5}), "binary:4"),
     (meta_frame(GOOD_META, image=b""), "binary:4"),
     (struct.pack(">I", 2) + b"raw", "binary:2"),

@@ -101,3 +101,40 @@ def test_gateway_dev_runs_everything_and_stops_everything(tmp_path):
     time.sleep(0.5)
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "processes left running after Ctrl-C"
+
+
+def test_gateway_dev_closed_terminal_stops_everything_and_the_next_start_works(tmp_path):
+    """SIGHUP (the terminal closed) runs the same clean-up as Ctrl-C: no MariaDB is left behind."""
+    import os
+    import signal
+    import time
+
+    import requests
+
+    from shared.localdb import free_port
+    from tests.stack import wait_for
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(STATE_DIR=str(tmp_path / "state"), COMFYUI_URLS=f"http://127.0.0.1:{free_port()}", LOG_LEVEL="WARNING")
+
+    def start_and_hang_up():
+        api = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "dev", "--bind", f"127.0.0.1:{api}"], env=env,
+                                cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+        def answers():
+            try:
+                return requests.get(f"http://127.0.0.1:{api}/healthz", timeout=1).json()["database"] == "ok"
+            except (requests.RequestException, ValueError):
+                return False
+        try:
+            wait_for(answers, 60, "gateway dev did not come up")
+        finally:
+            os.killpg(proc.pid, signal.SIGHUP)
+            out, _ = proc.communicate(timeout=60)
+        time.sleep(0.5)
+        leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+        assert leftovers == [], "processes left running after SIGHUP: " + out.decode(errors="replace")[-2000:]
+
+    start_and_hang_up()
+    start_and_hang_up()  # the same state folder: a leftover server would make this one fail
