@@ -37,9 +37,12 @@ def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, 
              idempotency_key, request_hash, now, now))
 
 
-# How many jobs run or wait before j on its server (a job not numbered yet is behind them all).
-_AHEAD = """(SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
-              AND (j.number IS NULL OR q.number < j.number)) AS ahead"""
+# How many jobs run or wait before j on its server (a job not numbered yet is behind them all);
+# counted only while j waits: for a running or final job it means nothing (and would make the
+# ETag of a job that never got a number change with every change of the queue).
+_AHEAD = """IF(j.status IN ('submitting','queued'),
+              (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
+                 AND (j.number IS NULL OR q.number < j.number)), 0) AS ahead"""
 
 
 def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:

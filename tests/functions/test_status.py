@@ -49,3 +49,16 @@ def test_every_change_of_the_job_changes_the_tag_and_every_instance_agrees(polle
     other = client.get(f"/v1/jobs/{job_id}", headers=h)
     assert other.headers["ETag"] == tag2 and other.get_json()["job"]["eta_seconds"] is not None
     assert client.get(f"/v1/jobs/{job_id}", headers={**h, "If-None-Match": tag2}).status_code == 304
+
+
+def test_a_final_job_keeps_its_tag_while_the_queue_moves(polled, ctx, db_conn):
+    """A job that never got a number (refused at submit) is final: the queue is none of its business."""
+    client, h, job_id = polled
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE jobs SET status='failed', backend_id=1 WHERE id=%s", (job_id,))
+    tag = client.get(f"/v1/jobs/{job_id}", headers=h).headers["ETag"]
+    other = str(uuid.uuid4())
+    jobs.create_job(db_conn, job_id=other, user_id="someone", workflow="txt2img", params={}, prompt={},
+                    backend_id=1, client_id="c")
+    jobs.mark_submitted(db_conn, other, 1)
+    assert client.get(f"/v1/jobs/{job_id}", headers=h).headers["ETag"] == tag
