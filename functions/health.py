@@ -15,8 +15,8 @@ def health(ctx, req):
     try:
         with ctx.db.connection() as conn:
             query_one(conn, "SELECT 1 AS ok")
-            body["backends"] = [{**b, "last_event_at": isoformat(b["last_event_at"])}
-                                for b in backends.list_backends(conn, ctx.config.comfyui_urls)]
+            body["backends"] = [_public(b) for b in backends.pool_status(
+                conn, ctx.config.comfyui_urls, default_slots=ctx.config.comfyui_slots, lease_s=ctx.config.lease_s)]
     except ApiError:
         body["database"] = "unavailable"
     except Exception:
@@ -30,6 +30,13 @@ def health(ctx, req):
     ok = body["database"] == "ok" and body["storage"] == "ok"
     body["status"] = "ok" if ok else "unavailable"
     return json_response(200 if ok else 503, body, None if ok else {"Retry-After": "5"})
+
+
+def _public(backend: dict) -> dict:
+    """One server as /healthz shows it: state, owner listener, slots in use, standby, last event."""
+    keys = ("url", "state", "listener_connected", "owner", "standby_alive", "slots", "slots_in_use",
+            "queue_remaining")
+    return {**{k: backend[k] for k in keys}, "last_event_at": isoformat(backend["last_event_at"])}
 
 
 handler = lambda_handler(health)

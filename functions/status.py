@@ -14,14 +14,12 @@ def render(ctx, row: dict) -> dict:
     preview = None
     if row["status"] == "running" and row["preview_key"]:
         preview, _ = ctx.store.signed_url(row["preview_key"], ctx.config.signed_url_ttl)
-    run_seconds = ctx.run_seconds(row["workflow"]) if row["status"] not in jobs.FINAL else None
-    return jobs.job_object(row, node_title=wf.node_title if wf else None, preview_url=preview,
-                           run_seconds=run_seconds)
+    return jobs.job_object(row, node_title=wf.node_title if wf else None, preview_url=preview)
 
 
 def etag(ctx, row: dict) -> str:
-    """A weak tag: every change of the job changes it, but not eta_seconds, which is an estimate
-    each instance keeps for itself (two instances must agree on the tag, or apps never get a 304)."""
+    """A weak tag: every change of the job or its queue position changes it, but not eta_seconds alone
+    (a new mean run time after some other job finished is not worth a full answer to every poller)."""
     # A preview URL is re-signed every half TTL, so the tag changes before an app's copy expires.
     window = int(time.time() // max(ctx.config.signed_url_ttl // 2, 1)) if row["preview_key"] else 0
     return f'W/"{row["id"][:8]}-{row["version"]}-{row["ahead"] or 0}-{window}"'

@@ -10,6 +10,13 @@ another takes over when the lease runs out. While the server cannot be reached
 the owner still enforces the jobs' time limits, so no job stays active forever.
 Each backend finalizes on its own small thread pool: a slow server cannot
 starve another's finalizations.
+
+The pool: on connect, on `gateway backends refresh` and every
+CAPABILITIES_REFRESH_S the owner reads the server's /object_info and stores
+what it offers. When a job of its server ends (its slot frees), after each
+reconciliation and every DISPATCH_SWEEP_S it dispatches waiting jobs, off the
+socket loop. When the server cannot be reached at all, the jobs it held go
+back to the gateway queue at once.
 """
 
 from __future__ import annotations
@@ -24,17 +31,20 @@ import websocket
 
 from listener import protocol
 from listener.finalize import HistoryPendingError, finalize
-from listener.reconcile import enforce_timeouts, reconcile
+from listener.reconcile import enforce_timeouts, reconcile, release_held
 from listener.tracker import Tracker
 from shared import backends, jobs
 from shared.comfy import ComfyError, ws_url
 from shared.errors import DatabaseUnavailableError
+from shared.pool import capabilities
+from shared.pool.dispatch import sweep
 
 log = logging.getLogger(__name__)
 
 FINALIZE_THREADS = 4  # per backend
 FIRST_DELAY_S = 0.5   # the reconnect backoff starts here and doubles up to RECONNECT_MAX_S
 STABLE_S = 5.0        # a connection up this long counts as established: the backoff starts over
+REQUEUE_SETTLE_S = 3.0  # a job missing from a reachable server's queue and history this long goes back to the queue
 
 
 class LeaseLostError(Exception):
@@ -62,8 +72,12 @@ class BackendWorker(threading.Thread):
         self._missing: dict[str, float] = {}
         self._history_failing: dict[str, float] = {}
         self._final_lock = threading.Lock()
-        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0, "event_errors": 0}
+        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0, "event_errors": 0, "dispatches": 0}
         self.tracker: Tracker | None = None
+        self.capabilities_read = 0.0
+        self.released = False  # whether the held jobs went back to the queue during this outage
+        self._dispatch_lock = threading.Lock()
+        self._dispatch_state = "idle"  # idle | running | again
 
     def tracker_unknown_ids(self) -> int:
         """How many unknown prompt ids the current tracker remembers (bounded)."""
@@ -78,6 +92,7 @@ class BackendWorker(threading.Thread):
                         self.backend_id = backends.ensure_backend(conn, self.url)
                 if not self._renew_lease():
                     self.unreachable_since = None  # not ours: whatever we saw of the server is another's now
+                    self.released = False
                     self.stopping.wait(self.cfg.lease_s / 3)
                     continue
                 self._serve()
@@ -103,6 +118,7 @@ class BackendWorker(threading.Thread):
 
     def _renew_lease(self) -> bool:
         with self.ctx.db.connection() as conn:
+            backends.heartbeat(conn, self.backend_id, self.owner)  # owner or standby: alive (/healthz)
             if backends.acquire_lease(conn, self.backend_id, self.owner, self.cfg.lease_s):
                 self.lease_renewed = time.monotonic()
                 return True
@@ -117,6 +133,7 @@ class BackendWorker(threading.Thread):
         try:
             with self.ctx.db.connection() as conn:
                 backends.release_lease(conn, self.backend_id, self.owner)
+                backends.forget_listener(conn, self.backend_id, self.owner)
         except Exception as e:
             log.warning("%s: could not release the lease: %s", self.url, e)
 
@@ -141,8 +158,10 @@ class BackendWorker(threading.Thread):
         self.ws = websocket.create_connection(ws_url(self.url, client_id), timeout=self.cfg.comfyui_timeout,
                                               enable_multithread=True)
         self.ws.send('{"type": "feature_flags", "data": {"supports_preview_metadata": true}}')
+        self._read_capabilities()  # before jobs can be routed here
         self.client_id = client_id
         self.unreachable_since = None
+        self.released = False
         with self.ctx.db.connection() as conn:
             if not backends.set_connected(conn, self.backend_id, self.owner, client_id):
                 raise LeaseLostError()
@@ -151,7 +170,9 @@ class BackendWorker(threading.Thread):
         self._reconcile()
         self.ws.settimeout(0.5)
         now = time.monotonic()
-        connected_at = last_frame = last_reconcile = now
+        connected_at = last_frame = last_sweep = now
+        # Jobs found missing on connect (the server restarted) are looked at again once they have settled.
+        last_reconcile = now - self.cfg.reconcile_interval_s + REQUEUE_SETTLE_S if self._missing else now
         while not self.stopping.is_set():
             try:
                 opcode, data = self.ws.recv_data()
@@ -176,12 +197,20 @@ class BackendWorker(threading.Thread):
             if now - self.lease_renewed >= self.cfg.lease_s / 3:
                 previous = self.lease_renewed
                 self._keep_lease()
-                if last_frame > previous:  # /healthz's last_event_at, a few writes a minute at most
-                    with self.ctx.db.connection() as conn:
+                with self.ctx.db.connection() as conn:
+                    if last_frame > previous:  # /healthz's last_event_at, a few writes a minute at most
                         backends.touch(conn, self.backend_id)
+                    refresh = backends.refresh_requested(conn, self.backend_id)
+                if refresh or now - self.capabilities_read >= self.cfg.capabilities_refresh_s:
+                    self._read_capabilities()
             if now - last_reconcile >= self.cfg.reconcile_interval_s:
                 self._reconcile()
                 last_reconcile = now
+                if self._missing:  # settle them as soon as they may be judged
+                    last_reconcile = now - self.cfg.reconcile_interval_s + REQUEUE_SETTLE_S
+            if now - last_sweep >= self.cfg.dispatch_sweep_s:
+                self.kick_dispatch()
+                last_sweep = now
             if now - last_frame >= self.cfg.watchdog_s and self._has_running_work():
                 raise websocket.WebSocketTimeoutException(f"no frame for {self.cfg.watchdog_s:.0f}s while busy")
 
@@ -204,15 +233,27 @@ class BackendWorker(threading.Thread):
             return any(j["client_id"] == self.client_id
                        for j in jobs.jobs_on_backend(conn, self.backend_id, ("running",)))
 
+    def _read_capabilities(self) -> None:
+        """Store what the server offers now (node classes, choices of the workflows' combo inputs)."""
+        caps = capabilities.from_object_info(self.comfy.object_info(), capabilities.workflow_classes(self.ctx.workflows))
+        with self.ctx.db.connection() as conn:
+            if not backends.store_capabilities(conn, self.backend_id, self.owner, caps, capabilities.digest(caps)):
+                raise LeaseLostError()
+        self.capabilities_read = time.monotonic()
+        log.info("%s: capabilities read: %d node classes, %d choice lists", self.url, len(caps["classes"]),
+                 len(caps["choices"]))
+
     def _reconcile(self) -> None:
         backend = {"id": self.backend_id, "url": self.url}
         try:
-            reconcile(self.ctx, backend, self.comfy, self.client_id,
+            reconcile(self.ctx, backend, self.comfy,
                       submit_grace_s=2 * self.cfg.comfyui_timeout + 5, finalize_job=self._finalize_entry,
-                      missing=self._missing, settle_s=self.cfg.history_retry_s, tick=self._keep_lease)
+                      missing=self._missing, settle_s=min(self.cfg.history_retry_s, REQUEUE_SETTLE_S),
+                      tick=self._keep_lease)
         except ComfyError as e:  # /queue failed: no job can be judged this time
             log.warning("%s: reconciliation skipped: %s", self.url, e)
         self._enforce_timeouts(self.comfy)  # ComfyUI errors about one job are handled per job inside
+        self.kick_dispatch()
 
     def _enforce_timeouts(self, comfy) -> None:
         enforce_timeouts(self.ctx, {"id": self.backend_id, "url": self.url}, comfy,
@@ -234,7 +275,13 @@ class BackendWorker(threading.Thread):
             if self._answers():
                 self.unreachable_since = None  # HTTP answers: the grace starts over when it stops answering
                 self._reconcile()
-            elif time.monotonic() - (self.unreachable_since or time.monotonic()) >= self.cfg.watchdog_s:
+                return
+            if not self.released:
+                # Gone: what it held runs elsewhere (prompts it still has are taken off if it comes back).
+                self.released = True
+                if release_held(self.ctx, {"id": self.backend_id, "url": self.url}):
+                    self.kick_dispatch()
+            if time.monotonic() - (self.unreachable_since or time.monotonic()) >= self.cfg.watchdog_s:
                 self._enforce_timeouts(None)
         except LeaseLostError:
             self.unreachable_since = None
@@ -269,7 +316,8 @@ class BackendWorker(threading.Thread):
     def _run_finalize(self, job_id: str, entry: dict | None, hint: dict | None) -> None:
         try:
             finalize(self.ctx, job_id, comfy=self.comfy, backend_url=self.url, entry=entry, hint=hint,
-                     copy_deadline_s=self.cfg.output_copy_deadline_s)
+                     copy_deadline_s=self.cfg.output_copy_deadline_s, backend_id=self.backend_id)
+            self.kick_dispatch()  # its slot is free
         except HistoryPendingError:
             log.warning("job %s: no history yet; reconciliation will retry", job_id)
         except Exception:
@@ -277,6 +325,34 @@ class BackendWorker(threading.Thread):
         finally:
             with self._final_lock:
                 self._finalizing.discard(job_id)
+
+
+    # -- dispatch, off the socket loop ---------------------------------------------------------
+    def kick_dispatch(self) -> None:
+        """Dispatch waiting jobs soon on a finalize thread (at most one pass running, one more queued)."""
+        with self._dispatch_lock:
+            if self._dispatch_state != "idle":
+                self._dispatch_state = "again"
+                return
+            self._dispatch_state = "running"
+        try:
+            self.executor.submit(self._run_dispatch)
+        except RuntimeError:  # shutting down
+            with self._dispatch_lock:
+                self._dispatch_state = "idle"
+
+    def _run_dispatch(self) -> None:
+        while True:
+            try:
+                self.stats["dispatches"] += len(sweep(self.ctx))
+            except Exception as e:
+                log.warning("%s: dispatch failed: %s (the next pass retries)", self.url, e)
+            with self._dispatch_lock:
+                if self._dispatch_state == "again" and not self.stopping.is_set():
+                    self._dispatch_state = "running"
+                    continue
+                self._dispatch_state = "idle"
+                return
 
 
 class Listener:

@@ -187,17 +187,22 @@ def apply_hint(ctx, job_id: str, hint: dict, backend_url: str) -> str:
 
 
 def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = None, hint: dict | None = None,
-             history_wait_s: float | None = None, copy_deadline_s: float = 120.0) -> str:
+             history_wait_s: float | None = None, copy_deadline_s: float = 120.0, backend_id: int | None = None) -> str:
     """Bring a job to its final state from its history entry; return the resulting status.
 
     ``hint`` is what a final event said (error or interruption); it decides when
     history never shows up. Without one, raises HistoryPendingError when ComfyUI
-    has no history for the job yet.
+    has no history for the job yet. With ``backend_id``, a job that has moved to
+    another server (it was requeued when this one went away) is left alone: only
+    the run on the server that holds it counts.
     """
     with ctx.db.connection() as conn:
         job = jobs.get_job(conn, job_id)
     if job is None:
         return "unknown"
+    if backend_id is not None and job["status"] not in jobs.FINAL and job["backend_id"] != backend_id:
+        log.info("job %s: finished on %s but it runs elsewhere now; ignored", job_id, backend_url)
+        return "moved"
     if job["status"] in jobs.FINAL:
         with ctx.db.transaction() as conn:
             write_usage(conn, job_id, backend_url)
@@ -225,6 +230,7 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
             # Only the call that wins the state change records outputs (a cancel may have won).
             changed = jobs.mark_succeeded(conn, job_id)
             if changed:
+                jobs.record_run_time(conn, job["workflow"], gpu)
                 for r in records:
                     jobs.add_output(conn, job_id=job_id, node_id=r["node_id"], index=r["index"], key=r["key"],
                                     content_type=r["content_type"], size=r["size"], width=r["width"],

@@ -8,8 +8,9 @@ active on a backend:
   ``queue_running`` is marked running so its run limit applies, one whose
   cancel was asked is deleted from the queue or interrupted);
 * in neither → ComfyUI forgot it (restart) or never got it (a crash between
-  the row and POST /prompt): resubmit once under the current clientId if it
-  never started, else fail it with ``backend_lost``.
+  the claim and POST /prompt): it goes back to the gateway queue, to run on
+  whichever capable server has a slot first; one that had started there is
+  retried so only ``LOST_JOB_RETRIES`` times, then fails with ``backend_lost``.
 
 A bad answer about one job (5xx, HTML, a timeout) skips that job until the
 next pass; the others are still settled.
@@ -24,24 +25,13 @@ from datetime import timedelta
 from listener.finalize import HistoryPendingError, finalize
 from shared.usage import write_usage
 from shared import jobs
-from shared.comfy import ComfyError, ComfyRejectedError
-from shared.db import execute, utcnow
+from shared.comfy import ComfyError
+from shared.db import utcnow
+from shared.pool import queue
 
 log = logging.getLogger(__name__)
 
-MAX_SUBMIT_ATTEMPTS = 2
-
-
-def claim_resubmit(conn, job: dict, client_id: str) -> bool:
-    """Take the one right to resubmit a job (guards against two reconcilers and a racing cancel)."""
-    return execute(conn, """UPDATE jobs SET client_id=%s, submit_attempts=submit_attempts+1, status='submitting',
-                            version=version+1, updated_at=%s
-                            WHERE id=%s AND status IN ('submitting','queued') AND submit_attempts=%s
-                            AND cancel_requested=0""",
-                   (client_id, utcnow(), job["id"], job["submit_attempts"])) == 1
-
-
-def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_s: float,
+def reconcile(ctx, backend: dict, comfy, *, submit_grace_s: float,
               finalize_job=None, missing: dict | None = None, settle_s: float = 0.0, clock=time.monotonic,
               tick=None) -> dict:
     """Settle every active job of one backend; return counts of what was done.
@@ -56,13 +46,13 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
     missing = {} if missing is None else missing
     finalize_job = finalize_job or (lambda job_id, entry: finalize(ctx, job_id, comfy=comfy,
                                                                    backend_url=backend["url"], entry=entry))
-    counts = {"checked": 0, "finalized": 0, "kept": 0, "resubmitted": 0, "lost": 0, "errors": 0}
+    counts = {"checked": 0, "finalized": 0, "kept": 0, "requeued": 0, "lost": 0, "errors": 0}
     with ctx.db.connection() as conn:
         active = jobs.jobs_on_backend(conn, backend["id"])
     running, pending = comfy.queue()
     started = {e.prompt_id for e in running}
     in_queue = {e.prompt_id: e for e in running + pending}
-    counts["stopped"] = _stop_settled(ctx, comfy, set(in_queue) - {j["id"] for j in active}, started)
+    counts["stopped"] = _stop_settled(ctx, backend, comfy, set(in_queue) - {j["id"] for j in active}, started)
     if not active:
         return counts
     now = utcnow()
@@ -82,7 +72,7 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
                 _track_queued(ctx, comfy, job, in_queue[job["id"]], started=job["id"] in started)
                 counts["kept"] += 1
             else:
-                counts[_settle_missing(ctx, backend, comfy, client_id, job, now=now, submit_grace_s=submit_grace_s,
+                counts[_settle_missing(ctx, backend, job, now=now, submit_grace_s=submit_grace_s,
                                        missing=missing, settle_s=settle_s, clock=clock)] += 1
         except ComfyError as e:
             # One bad answer about one job: keep it for the next pass and settle the others.
@@ -91,19 +81,19 @@ def reconcile(ctx, backend: dict, comfy, client_id: str | None, *, submit_grace_
     return counts
 
 
-def _stop_settled(ctx, comfy, prompt_ids: set, started: set) -> int:
-    """Take off ComfyUI the prompts of jobs that are already final here; return how many."""
+def _stop_settled(ctx, backend: dict, comfy, prompt_ids: set, started: set) -> int:
+    """Take off ComfyUI the prompts of jobs that are already final, or run elsewhere now; return how many."""
     if not prompt_ids:
         return 0
     with ctx.db.connection() as conn:
-        final = jobs.final_job_ids(conn, sorted(prompt_ids))
+        final = jobs.settled_job_ids(conn, sorted(prompt_ids), backend["id"])
     for job_id in final:
         try:
             if job_id in started:
                 comfy.interrupt(job_id)
             else:
                 comfy.delete([job_id])
-            log.info("job %s: already final here, taken off ComfyUI", job_id)
+            log.info("job %s: final or moved, taken off %s", job_id, backend["url"])
         except ComfyError as e:
             log.warning("job %s: could not be taken off ComfyUI: %s (next pass tries again)", job_id, e)
     return len(final)
@@ -137,9 +127,9 @@ def _track_queued(ctx, comfy, job: dict, entry, *, started: bool) -> None:
             log.info("job %s: deleted from ComfyUI's queue (cancel was requested)", job_id)
 
 
-def _settle_missing(ctx, backend: dict, comfy, client_id: str | None, job: dict, *, now, submit_grace_s: float,
-                    missing: dict, settle_s: float, clock) -> str:
-    """A job in neither the queue nor the history: wait, cancel, resubmit or fail it."""
+def _settle_missing(ctx, backend: dict, job: dict, *, now, submit_grace_s: float, missing: dict,
+                    settle_s: float, clock) -> str:
+    """A job in neither the queue nor the history: wait, cancel, requeue or fail it."""
     job_id = job["id"]
     if job["status"] == "submitting" and now - job["updated_at"] < timedelta(seconds=submit_grace_s):
         return "kept"  # its POST /prompt may still be in flight (even if a cancel is asked)
@@ -152,38 +142,43 @@ def _settle_missing(ctx, backend: dict, comfy, client_id: str | None, job: dict,
     if clock() - first_missed < settle_s:
         return "kept"  # maybe its history is not written yet: look again later
     missing.pop(job_id, None)
-    if job["status"] in ("submitting", "queued") and job["submit_attempts"] < MAX_SUBMIT_ATTEMPTS:
-        if not client_id:
-            missing[job_id] = first_missed  # no socket to resubmit under yet: once there is one (its time limit
-            return "kept"                   # still applies meanwhile)
-        if _resubmit(ctx, comfy, job, client_id):
-            return "resubmitted"
+    return release_job(ctx, backend, job)
+
+
+def release_job(ctx, backend: dict, job: dict) -> str:
+    """A job its server no longer has (or cannot be asked about): back to the gateway queue, or failed.
+
+    One that never started goes back to the queue; one that was running goes back
+    while it has retries left (``LOST_JOB_RETRIES``), else fails with ``backend_lost``.
+    Returns "requeued" or "lost".
+    """
+    started = job["status"] == "running"
+    if not started or job["lost_retries"] < ctx.config.lost_job_retries:
+        with ctx.db.transaction() as conn:
+            if queue.requeue(conn, job["id"], backend["id"], lost=started):
+                log.warning("job %s: %s no longer has it (%s); back in the gateway queue", job["id"], backend["url"],
+                            "it was running" if started else "not started")
+        return "requeued"
     with ctx.db.transaction() as conn:
-        if jobs.mark_failed(conn, job_id, code="backend_lost",
-                            message="the ComfyUI server lost this job (it restarted or dropped its queue)"):
-            log.warning("job %s: lost by %s", job_id, backend["url"])
-        write_usage(conn, job_id, backend["url"])
+        if jobs.mark_failed(conn, job["id"], code="backend_lost",
+                            message="the ComfyUI server running this job went away (it restarted or was lost)"):
+            log.warning("job %s: lost by %s", job["id"], backend["url"])
+        write_usage(conn, job["id"], backend["url"])
     return "lost"
 
 
-def _resubmit(ctx, comfy, job: dict, client_id: str) -> bool:
+def release_held(ctx, backend: dict) -> int:
+    """The server is gone: release every job it holds (see ``release_job``); return how many."""
     with ctx.db.connection() as conn:
-        if not claim_resubmit(conn, job, client_id):
-            return True  # someone else settled it meanwhile, or a cancel came: the next pass sees which
-    try:
-        number = comfy.submit(job["prompt"], client_id=client_id, prompt_id=job["id"])
-    except ComfyRejectedError as e:
-        with ctx.db.transaction() as conn:
-            jobs.mark_failed(conn, job["id"], code="execution_error", message=f"ComfyUI rejected the workflow: {e}")
-            write_usage(conn, job["id"], comfy.base_url)
-        return True
-    except ComfyError as e:
-        log.warning("job %s: resubmission failed: %s (next reconcile settles it)", job["id"], e)
-        return True
-    with ctx.db.connection() as conn:
-        jobs.mark_submitted(conn, job["id"], number)
-    log.info("job %s: resubmitted as number %s", job["id"], number)
-    return True
+        held = jobs.jobs_on_backend(conn, backend["id"])
+    for job in held:
+        if job["cancel_requested"]:
+            with ctx.db.transaction() as conn:
+                jobs.mark_cancelled(conn, job["id"])
+                write_usage(conn, job["id"], backend["url"])
+        else:
+            release_job(ctx, backend, job)
+    return len(held)
 
 
 def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, default_run_timeout_s: float,

@@ -73,8 +73,12 @@ class Tracker:
         if method is not None:
             method(event)
 
-    def _job(self, prompt_id: str | None) -> dict | None:
-        """The job of a prompt id on this backend, or None for prompts that are not ours."""
+    def _job(self, prompt_id: str | None, *, anywhere: bool = False) -> dict | None:
+        """The job of a prompt id on this backend, or None for prompts that are not ours.
+
+        A job that has moved to another server (this one lost it, then came back with it) is not
+        ours either; ``anywhere`` returns it all the same (to stop that stale run).
+        """
         if not prompt_id or prompt_id in self.unknown:
             return None
         if self.running and self.running.job["id"] == prompt_id:
@@ -85,6 +89,8 @@ class Tracker:
             self.unknown[prompt_id] = None
             if len(self.unknown) > UNKNOWN_IDS_KEPT:
                 self.unknown.popitem(last=False)
+        elif not anywhere and job["status"] not in jobs.FINAL and job["backend_id"] != self.backend_id:
+            return None
         return job
 
     def _start(self, prompt_id: str, job: dict | None = None) -> Running | None:
@@ -102,10 +108,12 @@ class Tracker:
             backends.record_status(conn, self.backend_id, ev.queue_remaining)
 
     def on_ExecutionStart(self, ev: p.ExecutionStart) -> None:
-        job = self._job(ev.prompt_id)
-        if job is not None and job["status"] in jobs.FINAL:
-            # Its job already ended (a cancel landed while POST /prompt was in flight): nobody gets this run.
-            log.info("job %s: started on ComfyUI although %s; interrupting", ev.prompt_id, job["status"])
+        job = self._job(ev.prompt_id, anywhere=True)
+        if job is not None and (job["status"] in jobs.FINAL or job["backend_id"] != self.backend_id):
+            # Its job already ended (a cancel landed while POST /prompt was in flight), or it runs on
+            # another server now: nobody gets this run.
+            log.info("job %s: started on ComfyUI although %s; interrupting", ev.prompt_id,
+                     job["status"] if job["status"] in jobs.FINAL else "it moved to another server")
             self.on_cancel_requested(ev.prompt_id)
             return
         run = self._start(ev.prompt_id, job)

@@ -11,10 +11,9 @@ on who owns a backend, so two owners never overlap.
 
 from __future__ import annotations
 
+import json
+
 from shared.db import execute, query, query_one, utcnow
-
-ACTIVE = ("submitting", "queued", "running")
-
 
 def ensure_backend(conn, url: str) -> int:
     """Return the id of a backend row, creating it if needed."""
@@ -66,35 +65,136 @@ def touch(conn, backend_id: int) -> None:
     execute(conn, "UPDATE backends SET last_event_at=%s WHERE id=%s", (utcnow(), backend_id))
 
 
-def pick_backend(conn, urls) -> dict | None:
-    """The connected backend (among the configured URLs) with the least work queued."""
-    if not urls:
-        return None
-    marks = ",".join(["%s"] * len(urls))
-    rows = query(conn, f"""
-        SELECT b.id, b.url, b.client_id, b.queue_remaining,
-               (SELECT COUNT(*) FROM jobs j WHERE j.backend_id=b.id AND j.status IN ('submitting','queued','running'))
-               AS active
-        FROM backends b
-        WHERE b.url IN ({marks}) AND b.connected=1 AND b.client_id IS NOT NULL AND b.lease_until > UTC_TIMESTAMP(3)
-        """, tuple(urls))
-    if not rows:
-        return None
-    return min(rows, key=lambda r: (max(r["queue_remaining"], r["active"]), r["active"], r["id"]))
+def heartbeat(conn, backend_id: int, owner: str) -> None:
+    """Say that this listener (owner or standby) serves the backend and is alive."""
+    execute(conn, "INSERT INTO backend_listeners (backend_id, owner, seen_at) VALUES (%s, %s, UTC_TIMESTAMP(3)) "
+                  "ON DUPLICATE KEY UPDATE seen_at=VALUES(seen_at)", (backend_id, owner))
 
 
-def list_backends(conn, urls) -> list[dict]:
-    """Every configured backend with its listener state (for /healthz)."""
+def forget_listener(conn, backend_id: int, owner: str) -> None:
+    execute(conn, "DELETE FROM backend_listeners WHERE backend_id=%s AND owner=%s", (backend_id, owner))
+
+
+# The backends that take new jobs: configured, connected under a live lease, not draining,
+# capabilities known. Their active jobs are counted against their slots.
+_SERVING = """SELECT b.id, b.url, b.client_id, b.slots, b.last_model, b.capabilities_hash FROM backends b
+              WHERE b.url IN ({marks}) AND b.connected=1 AND b.client_id IS NOT NULL
+              AND b.lease_until > UTC_TIMESTAMP(3) AND b.state='active' AND b.capabilities_hash IS NOT NULL
+              ORDER BY b.id"""
+
+
+def serving(conn, urls, *, lock: bool = False) -> list[dict]:
+    """The backends that take new jobs now, with ``active`` (jobs they hold); ``lock`` locks their rows."""
     if not urls:
         return []
     marks = ",".join(["%s"] * len(urls))
-    rows = {r["url"]: r for r in query(conn, "SELECT *, COALESCE(lease_until > UTC_TIMESTAMP(3), 0) AS leased "
-                                             f"FROM backends WHERE url IN ({marks})", tuple(urls))}
+    rows = query(conn, _SERVING.format(marks=marks) + (" FOR UPDATE" if lock else ""), tuple(urls))
+    if rows:
+        ids = [r["id"] for r in rows]
+        counts = {r["backend_id"]: r["n"] for r in query(
+            conn, f"SELECT backend_id, COUNT(*) AS n FROM jobs WHERE backend_id IN ({','.join(['%s'] * len(ids))}) "
+                  "AND status IN ('submitting','queued','running') GROUP BY backend_id", ids)}
+        for r in rows:
+            r["active"] = counts.get(r["id"], 0)
+    return rows
+
+
+def capabilities(conn, rows: list[dict], cache) -> dict[int, dict]:
+    """The parsed capabilities of these backend rows, read from the database only when they changed."""
+    out, wanted = {}, []
+    for r in rows:
+        caps = cache.get(r["capabilities_hash"]) if r.get("capabilities_hash") else None
+        if caps is None:
+            wanted.append(r["id"])
+        else:
+            out[r["id"]] = caps
+    if wanted:
+        marks = ",".join(["%s"] * len(wanted))
+        for r in query(conn, f"SELECT id, capabilities, capabilities_hash FROM backends WHERE id IN ({marks}) "
+                             "AND capabilities IS NOT NULL", wanted):
+            caps = json.loads(r["capabilities"])
+            cache.put(r["capabilities_hash"], caps)
+            out[r["id"]] = caps
+    return out
+
+
+def store_capabilities(conn, backend_id: int, owner: str, caps: dict, digest: str) -> bool:
+    """Record what the server offers now (only its owner may); clears a pending refresh request."""
+    return execute(conn, "UPDATE backends SET capabilities=%s, capabilities_hash=%s, "
+                         "capabilities_at=UTC_TIMESTAMP(3), refresh_requested=0 WHERE id=%s AND owner=%s",
+                   (json.dumps(caps, separators=(",", ":")), digest, backend_id, owner)) == 1
+
+
+def forget_capabilities(conn, backend_id: int) -> None:
+    """The server refused what its capabilities promised: take no jobs there until they are read again."""
+    execute(conn, "UPDATE backends SET capabilities_hash=NULL, refresh_requested=1 WHERE id=%s", (backend_id,))
+
+
+def refresh_requested(conn, backend_id: int) -> bool:
+    row = query_one(conn, "SELECT refresh_requested FROM backends WHERE id=%s", (backend_id,))
+    return bool(row and row["refresh_requested"])
+
+
+def set_last_model(conn, backend_id: int, model: str | None) -> None:
+    if model is not None:
+        execute(conn, "UPDATE backends SET last_model=%s WHERE id=%s AND NOT (last_model <=> %s)",
+                (model, backend_id, model))
+
+
+# -- operators ------------------------------------------------------------------
+
+def find(conn, url: str) -> dict | None:
+    return query_one(conn, "SELECT * FROM backends WHERE url=%s", (url,))
+
+
+def set_state(conn, url: str, state: str) -> bool:
+    """Drain (take no new jobs) or resume a backend; held in MySQL for every instance."""
+    ensure_backend(conn, url)
+    return execute(conn, "UPDATE backends SET state=%s, updated_at=%s WHERE url=%s", (state, utcnow(), url)) >= 0
+
+
+def set_slots(conn, url: str, slots: int | None) -> None:
+    ensure_backend(conn, url)
+    execute(conn, "UPDATE backends SET slots=%s WHERE url=%s", (slots, url))
+
+
+def request_refresh(conn, urls) -> None:
+    for url in urls:
+        ensure_backend(conn, url)
+        execute(conn, "UPDATE backends SET refresh_requested=1 WHERE url=%s", (url,))
+
+
+def pool_status(conn, urls, *, default_slots: int, lease_s: float) -> list[dict]:
+    """Every configured backend as operators see it (`gateway backends list`, /healthz)."""
+    if not urls:
+        return []
+    marks = ",".join(["%s"] * len(urls))
+    rows = {r["url"]: r for r in query(conn, f"""
+        SELECT b.*, COALESCE(b.lease_until > UTC_TIMESTAMP(3), 0) AS leased,
+               (SELECT COUNT(*) FROM jobs j WHERE j.backend_id=b.id AND j.status IN ('submitting','queued','running'))
+               AS active,
+               (SELECT COUNT(*) FROM backend_listeners l WHERE l.backend_id=b.id AND NOT (l.owner <=> b.owner)
+                  AND l.seen_at > UTC_TIMESTAMP(3) - INTERVAL %s MICROSECOND) AS standbys
+        FROM backends b WHERE b.url IN ({marks})""", (int(lease_s * 1_000_000), *urls))}
     out = []
     for url in urls:
-        r = rows.get(url)
-        live = bool(r and r["connected"] and r["leased"])
-        out.append({"url": url, "listener_connected": live,
-                    "queue_remaining": r["queue_remaining"] if r else 0,
-                    "last_event_at": r["last_event_at"] if r else None})
+        r = rows.get(url) or {}
+        live = bool(r.get("connected") and r.get("leased"))
+        caps = json.loads(r["capabilities"]) if r.get("capabilities") else {}
+        checkpoints = sorted({c for key, options in (caps.get("choices") or {}).items()
+                              if key.rpartition(".")[2] in ("ckpt_name", "unet_name") for c in options})
+        out.append({
+            "url": url,
+            "state": ("draining" if r.get("state") == "draining" else "connected") if live else "down",
+            "draining": r.get("state") == "draining",
+            "listener_connected": live,
+            "owner": r.get("owner") if r.get("leased") else None,
+            "standby_alive": bool(r.get("standbys")),
+            "slots": r.get("slots") or default_slots,
+            "slots_in_use": r.get("active", 0),
+            "queue_remaining": r.get("queue_remaining", 0),
+            "checkpoints": checkpoints,
+            "capabilities_at": r.get("capabilities_at"),
+            "last_event_at": r.get("last_event_at"),
+        })
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from shared import backends, jobs
+from shared.pool import queue
 from shared.comfy import ComfyError
 from shared.db import execute, utcnow
 from shared.errors import BackendUnavailableError, ConflictError
@@ -35,10 +36,13 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
             return None
         if job["status"] in jobs.FINAL or not request_cancel(conn, job_id):
             raise ConflictError("the job is already finished", code="job_finished")
+        job = jobs.get_job(conn, job_id)  # after the request: a dispatcher can no longer claim it
         backend = backends.get_backend(conn, job["backend_id"]) if job["backend_id"] else None
     if backend is None:
+        # Still in the gateway queue: no server has heard of it.
         with ctx.db.transaction() as conn:
             jobs.mark_cancelled(conn, job_id)
+            queue.left(conn, job_id)
             write_usage(conn, job_id, "")
     else:
         comfy = ctx.comfy(backend["url"])

@@ -6,6 +6,7 @@
     gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all)
     gateway usage export [--since T] [--until T] [--after-id N] [--format csv|jsonl] [--output F]
                                     usage records for billing jobs that read files
+    gateway backends list|drain|resume|refresh|slots   the pool of ComfyUI servers (shared/pool/admin.py)
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ def main(argv=None) -> int:
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     export.add_argument("--output", help="file to write (default: standard output)")
     export.set_defaults(func=cmd_usage_export)
+    from shared.pool import admin
+    admin.add_parser(sub, _config)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -14,8 +14,6 @@ Exceptions::
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -174,9 +172,9 @@ class ComfyClient:
             raise ComfyProtocolError("GET /api/jobs: not an object")
         return body
 
-    def object_info(self, class_type: str) -> dict:
-        """The /object_info entry of one node class ({} if unknown)."""
-        resp = self._request("GET", f"/object_info/{class_type}")
+    def object_info(self) -> dict:
+        """Every node class the server has, with its inputs (GET /object_info)."""
+        resp = self._request("GET", "/object_info")
         body = self._json(resp, "GET /object_info")
         if not isinstance(body, dict):
             raise ComfyProtocolError("GET /object_info: not an object")
@@ -219,41 +217,3 @@ class ComfyClient:
                 int(length) if length and length.isdigit() else None
         finally:
             resp.close()
-
-
-class ChoicesCache:
-    """Caches the choices a server offers for combo inputs (workflow `enum_from`).
-
-    A failed look-up is remembered for ``FAILURE_TTL`` seconds too, so a server that
-    is down costs one timeout per class and window, not one per request and parameter.
-    """
-
-    FAILURE_TTL = 10.0
-
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], tuple[float, dict]] = {}
-        self._failed: dict[tuple[str, str], float] = {}
-
-    def object_info(self, client: ComfyClient, class_type: str) -> dict | None:
-        key = (client.base_url, class_type)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-            failed_at = self._failed.get(key)
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
-        if failed_at is not None and now - failed_at < min(self.FAILURE_TTL, self.ttl or self.FAILURE_TTL):
-            return hit[1] if hit else None
-        try:
-            info = client.object_info(class_type)
-        except ComfyError as e:
-            log.warning("object_info %s from %s failed: %s", class_type, client.base_url, e)
-            with self._lock:
-                self._failed[key] = time.monotonic()  # when it failed: a timeout may have taken a while
-            return hit[1] if hit else None  # a stale answer beats none
-        with self._lock:
-            self._cache[key] = (now, info)
-            self._failed.pop(key, None)
-        return info

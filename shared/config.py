@@ -184,8 +184,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Local state: the private database of `gateway dev`, local storage."),
     Setting("COMFYUI_TIMEOUT", "comfyui_timeout", _float(0.1), 10.0,
             "Seconds for one HTTP call to ComfyUI (connect and read)."),
-    Setting("OBJECT_INFO_TTL", "object_info_ttl", _int(0), 300,
-            "Seconds the choices from ComfyUI's /object_info are cached (enum_from)."),
+    Setting("COMFYUI_SLOTS", "comfyui_slots", _int(1, 64), 2,
+            "Prompts one ComfyUI server holds at once (one running, the rest ready so the GPU never idles between "
+            "jobs); `gateway backends slots URL N` sets it per server."),
+    Setting("CAPABILITIES_REFRESH_S", "capabilities_refresh_s", _float(1.0), 300.0,
+            "Seconds between two reads of a server's /object_info by the listener (also on connect and on "
+            "`gateway backends refresh`)."),
+    Setting("LOST_JOB_RETRIES", "lost_job_retries", _int(0, 10), 1,
+            "Times a job that was running on a server that went away is run again elsewhere before it fails "
+            "with `backend_lost` (jobs that had not started always go back to the queue)."),
+    Setting("DISPATCH_SWEEP_S", "dispatch_sweep_s", _float(0.1), 2.0,
+            "Seconds between two safety-net passes of the listener over the gateway queue (jobs are normally "
+            "sent at submit or the moment a slot frees)."),
     Setting("PROGRESS_INTERVAL", "progress_interval", _float(0.0), 0.25,
             "Minimum seconds between two progress writes of one job (coalescing)."),
     Setting("PREVIEW_INTERVAL", "preview_interval", _float(0.0), 1.0,
@@ -248,7 +258,10 @@ class Config:
     wechat_timeout: float
     state_dir: str
     comfyui_timeout: float
-    object_info_ttl: int
+    comfyui_slots: int
+    capabilities_refresh_s: float
+    lost_job_retries: int
+    dispatch_sweep_s: float
     progress_interval: float
     preview_interval: float
     history_retry_s: float

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import requests
 
-from shared.comfy import ChoicesCache, ComfyClient
+from shared.comfy import ComfyClient
 from shared.config import Config
 from shared.db import Database
 
@@ -25,7 +25,6 @@ class Context:
         self.config = config
         self._lock = threading.Lock()
         self._clients: dict[str, ComfyClient] = {}
-        self._run_times: dict[str, tuple[float, float | None]] = {}
 
     @cached_property
     def db(self) -> Database:
@@ -48,8 +47,9 @@ class Context:
         return workflows
 
     @cached_property
-    def choices_cache(self) -> ChoicesCache:
-        return ChoicesCache(self.config.object_info_ttl)
+    def capabilities_cache(self):
+        from shared.pool.capabilities import CapabilitiesCache
+        return CapabilitiesCache()
 
     @cached_property
     def session(self) -> requests.Session:
@@ -67,27 +67,6 @@ class Context:
                 client = self._clients[base_url] = ComfyClient(self.session, base_url,
                                                                timeout=self.config.comfyui_timeout)
             return client
-
-    def choices_for(self, base_url: str):
-        """A `choices(class_type, input)` callable for workflow enum_from, from one server."""
-        def choices(class_type: str, input_name: str):
-            from shared.workflows import choices_from_object_info
-            info = self.choices_cache.object_info(self.comfy(base_url), class_type)
-            return choices_from_object_info(info, class_type, input_name) if info else None
-        return choices
-
-    def run_seconds(self, workflow: str, *, max_age: float = 60.0) -> float | None:
-        """Recent mean run time of a workflow, cached for a minute per process (not a read per poll)."""
-        import time
-        from shared.jobs import recent_run_seconds
-        now = time.monotonic()
-        hit = self._run_times.get(workflow)
-        if hit and now - hit[0] < max_age:
-            return hit[1]
-        with self.db.connection() as conn:
-            value = recent_run_seconds(conn, workflow)
-        self._run_times[workflow] = (now, value)
-        return value
 
     def secret_keys(self) -> tuple[str, ...]:
         return tuple(k for k in (self.config.secret_key, self.config.secret_key_previous) if k)

@@ -61,6 +61,9 @@ def connect(url: DatabaseUrl, *, database: bool = True, connect_timeout: float =
     )
 
 
+_ISOLATION = {"READ COMMITTED": "READ COMMITTED", "REPEATABLE READ": "REPEATABLE READ"}
+
+
 class Database:
     """Per-thread connections to one database, reconnecting when needed."""
 
@@ -108,9 +111,15 @@ class Database:
             raise DatabaseUnavailableError(retry_after=2) from e
 
     @contextmanager
-    def transaction(self):
-        """Yield a connection inside BEGIN ... COMMIT (ROLLBACK on any error)."""
+    def transaction(self, isolation: str | None = None):
+        """Yield a connection inside BEGIN ... COMMIT (ROLLBACK on any error).
+
+        ``isolation`` ("READ COMMITTED") sets the level of this transaction only: claims that
+        lock rows with SKIP LOCKED use it, so they take no gap locks that block inserts.
+        """
         with self.connection() as conn:
+            if isolation is not None:
+                execute(conn, f"SET TRANSACTION ISOLATION LEVEL {_ISOLATION[isolation]}")
             conn.begin()
             try:
                 yield conn

@@ -37,17 +37,26 @@ def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, 
              idempotency_key, request_hash, now, now))
 
 
-# How many jobs run or wait before j on its server (a job not numbered yet is behind them all);
-# counted only while j waits: for a running or final job it means nothing (and would make the
-# ETag of a job that never got a number change with every change of the queue).
-_AHEAD = """IF(j.status IN ('submitting','queued'),
-              (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('queued','running')
-                 AND (j.number IS NULL OR q.number < j.number)), 0) AS ahead"""
+# How many jobs will start before j, counted only while j waits (for a running or final job it
+# means nothing, and would make its ETag change with every change of the queue):
+# * held by a server: the jobs that server holds and has not started, ahead of j in its queue
+#   (a job not numbered yet is behind them all);
+# * in the gateway queue: the waiting jobs before it in fair order, plus every job a server holds
+#   and has not started yet (those start first).
+_AHEAD = """IF(j.status IN ('submitting','queued'), IF(j.backend_id IS NULL,
+              (SELECT COUNT(*) FROM jobs q WHERE q.status='queued' AND q.backend_id IS NULL
+                 AND (q.fair_rank < j.fair_rank OR (q.fair_rank = j.fair_rank AND (q.created_at < j.created_at
+                      OR (q.created_at = j.created_at AND q.id < j.id)))))
+              + (SELECT COUNT(*) FROM jobs h WHERE h.status IN ('submitting','queued') AND h.backend_id IS NOT NULL),
+              (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('submitting','queued')
+                 AND q.id <> j.id AND (j.number IS NULL OR q.number < j.number))), 0) AS ahead,
+           ws.run_seconds"""
+_FROM = "jobs j LEFT JOIN workflow_stats ws ON ws.workflow=j.workflow"
 
 
 def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
     """One job with its queue position, in one indexed read (None if not found or not the user's)."""
-    sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j WHERE j.id=%s"
+    sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM {_FROM} WHERE j.id=%s"
     args = [job_id]
     if user_id is not None:
         sql += " AND j.user_id=%s"
@@ -56,7 +65,7 @@ def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
 
 
 def find_by_idempotency_key(conn, user_id: str, key: str) -> dict | None:
-    return _decode(query_one(conn, f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j "
+    return _decode(query_one(conn, f"SELECT {_COLUMNS}, {_AHEAD} FROM {_FROM} "
                                    "WHERE j.user_id=%s AND j.idempotency_key=%s", (user_id, key)))
 
 
@@ -68,18 +77,19 @@ def jobs_on_backend(conn, backend_id: int, statuses=ACTIVE) -> list[dict]:
                                       (backend_id, *statuses))]
 
 
-def final_job_ids(conn, job_ids: list[str]) -> list[str]:
-    """Which of these ids are jobs in a final state."""
+def settled_job_ids(conn, job_ids: list[str], backend_id: int) -> list[str]:
+    """Which of these ids are jobs that are final, or active on another server (or none) now."""
     if not job_ids:
         return []
     marks = ",".join(["%s"] * len(job_ids))
     return [r["id"] for r in query(conn, f"SELECT id FROM jobs WHERE id IN ({marks}) "
-                                         "AND status IN ('succeeded','failed','cancelled')", job_ids)]
+                                         "AND (status IN ('succeeded','failed','cancelled') "
+                                         "OR NOT (backend_id <=> %s))", (*job_ids, backend_id))]
 
 
 def list_user_jobs(conn, user_id: str, *, limit: int, before: tuple[datetime, str] | None = None) -> list[dict]:
     """The user's jobs, newest first, after a (created_at, id) cursor."""
-    sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs j WHERE j.user_id=%s"
+    sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM {_FROM} WHERE j.user_id=%s"
     args: list = [user_id]
     if before:
         sql += " AND (j.created_at < %s OR (j.created_at = %s AND j.id < %s))"
@@ -92,7 +102,7 @@ def list_user_jobs(conn, user_id: str, *, limit: int, before: tuple[datetime, st
 def _decode(row: dict | None) -> dict | None:
     if row is None:
         return None
-    for col in ("params", "prompt"):
+    for col in ("params", "prompt", "needs", "inputs"):
         if isinstance(row.get(col), (str, bytes)):
             row[col] = json.loads(row[col])
     return row
@@ -194,23 +204,37 @@ def public_status(status: str) -> str:
     return "queued" if status == "submitting" else status
 
 
-def recent_run_seconds(conn, workflow: str, *, sample: int = 20) -> float | None:
-    """Mean run time (start to finish) of the workflow's last successful jobs, or None without history."""
-    rows = query(conn, """SELECT TIMESTAMPDIFF(MICROSECOND, started_at, finished_at) / 1e6 AS secs FROM jobs
-                          WHERE workflow=%s AND status='succeeded' AND started_at IS NOT NULL
-                          ORDER BY finished_at DESC LIMIT %s""", (workflow, sample))
-    secs = [float(r["secs"]) for r in rows if r["secs"] is not None]
-    return sum(secs) / len(secs) if secs else None
+RUN_TIME_WEIGHT = 0.2  # each success moves a workflow's mean run time a fifth of the way
 
 
-def eta_seconds(row: dict, run_seconds: float | None) -> float | None:
-    """Seconds until the job should finish: the jobs ahead and this one, or what is left of it."""
+def record_run_time(conn, workflow: str, seconds: float) -> None:
+    """Fold one successful run into the workflow's mean run time (read by every instance for eta_seconds)."""
+    if seconds <= 0:
+        return
+    execute(conn, """INSERT INTO workflow_stats (workflow, run_seconds, samples, updated_at) VALUES (%s, %s, 1, %s)
+                     ON DUPLICATE KEY UPDATE run_seconds=run_seconds + %s * (VALUES(run_seconds) - run_seconds),
+                     samples=samples+1, updated_at=VALUES(updated_at)""",
+            (workflow, seconds, utcnow(), RUN_TIME_WEIGHT))
+
+
+def eta_seconds(row: dict) -> float | None:
+    """Seconds until the job should be final, from the workflow's mean run time and the queue.
+
+    Running: what is left of it. Held by a server: the jobs before it there, itself, and half
+    of the job running now (on average). Waiting in the gateway queue: the jobs before it
+    shared out over the servers that can run it, itself and half a running job.
+    """
     status = public_status(row["status"])
+    run_seconds = row.get("run_seconds")
     if status in FINAL or run_seconds is None:
         return None
+    run_seconds = float(run_seconds)
     if status == "running":
         return round(max(run_seconds * (1 - float(row["progress_percent"]) / 100.0), 0.0), 1)
-    return round(run_seconds * ((row.get("ahead") or 0) + 1), 1)
+    ahead = row.get("ahead") or 0
+    if row.get("backend_id") is None:
+        ahead = ahead / max(row.get("servers") or 1, 1)
+    return round(run_seconds * (ahead + 1.5), 1)
 
 
 def poll_after_ms(row: dict, eta: float | None = None) -> int | None:
@@ -231,10 +255,9 @@ def poll_after_ms(row: dict, eta: float | None = None) -> int | None:
     return min(wait, 5000)
 
 
-def job_object(row: dict, *, node_title=None, preview_url: str | None = None,
-               run_seconds: float | None = None) -> dict:
+def job_object(row: dict, *, node_title=None, preview_url: str | None = None) -> dict:
     """Render a job row as the contract's job object."""
-    eta = eta_seconds(row, run_seconds)
+    eta = eta_seconds(row)
     status = public_status(row["status"])
     error = None
     if status == "failed":

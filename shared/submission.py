@@ -1,8 +1,9 @@
-"""Submitting a job: validate, pick a backend, write the row, then POST /prompt.
+"""Submitting a job: validate, check some server can run it, write the row, then dispatch.
 
 The order matters (see the ComfyUI facts in tests/fixtures/comfyui/README.md): the gateway chooses
-the prompt_id and records the job *before* ComfyUI hears of it, and submits
-under the clientId of the listener's current socket so the events come back.
+the prompt_id and records the job *before* any ComfyUI hears of it. The job waits in the
+gateway queue (MySQL); when a capable server has a free slot the same request sends it at
+once, under the clientId of that server's listener socket so the events come back.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import uuid
 import pymysql
 
 from shared import backends, jobs, limits
-from shared.comfy import ComfyError, ComfyRejectedError, ComfyUnreachableError
 from shared.errors import (BackendUnavailableError, ConflictError, InvalidParamsError, UnknownWorkflowError,
                            WorkflowRejectedError)
 from shared.http import check_fields
-from shared.uploads import check_upload, send_to_comfy
-from shared.usage import write_usage
+from shared.pool import capabilities, queue
+from shared.pool.dispatch import dispatch
+from shared.uploads import ALLOWED_TYPES, check_upload, comfy_name
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _validate_body(ctx, body: dict):
 
 
 def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) -> tuple[int, dict]:
-    """Create and submit a job; return (HTTP status, job row)."""
+    """Create a job in the gateway queue and dispatch at once; return (HTTP status, job row)."""
     workflow, params, inputs = _validate_body(ctx, body)
     if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
         raise InvalidParamsError("Idempotency-Key must be 1 to 255 characters",
@@ -63,20 +64,25 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
             return _replay(existing, digest)
 
     with ctx.db.connection() as conn:
-        backend = backends.pick_backend(conn, ctx.config.comfyui_urls)
-    # Bad parameters are the caller's to fix whatever the backends do: check them first.
-    choices = ctx.choices_for(backend["url"]) if backend else None
+        pool = backends.serving(conn, ctx.config.comfyui_urls)
+        caps = backends.capabilities(conn, pool, ctx.capabilities_cache)
+    # Bad parameters are the caller's to fix whatever the servers do: check them first.
+    choices = capabilities.union_choices(caps.values()) if caps else None
     _, resolved = workflow.fill(params, {name: "pending" for name in inputs}, choices=choices)
+    job_id = str(uuid.uuid4())
     with contextlib.ExitStack() as held:
         uploads = {}
         for name, value in inputs.items():
             uploads[name] = check_upload(ctx, user_id, value, f"inputs.{name}")
             held.callback(uploads[name]["file"].close)
-        if backend is None:
-            raise BackendUnavailableError("no ComfyUI server is connected right now", retry_after=5)
-        files = {name: _send_upload(ctx.comfy(backend["url"]), upload) for name, upload in uploads.items()}
-    graph, resolved = workflow.fill(resolved, files, choices=choices)
-    job_id = str(uuid.uuid4())
+        graph, resolved = workflow.fill(resolved, {name: comfy_name(u) for name, u in uploads.items()},
+                                        choices=choices)
+        needs = capabilities.needs_of(graph, {k for c in caps.values() for k in c.get("choices", {})},
+                                      skip=workflow.input_targets())
+        able = [b for b in pool if capabilities.can_run(needs, caps.get(b["id"]))]
+        if not able:
+            raise BackendUnavailableError(_why_none(pool, caps, needs), retry_after=5)
+        stored = _store_inputs(ctx, user_id, job_id, uploads)
     try:
         with ctx.db.transaction() as conn:
             limits.lock_user(conn, user_id)
@@ -84,57 +90,67 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
             # it is a replay, not a job that counts against the limits.
             existing = jobs.find_by_idempotency_key(conn, user_id, idempotency_key) if idempotency_key else None
             if existing:
+                _forget_inputs(ctx, stored)
                 return _replay(existing, digest)
             limits.check_job_limits(conn, user_id, max_active=ctx.config.max_active_jobs,
                                     daily_quota=ctx.config.daily_job_quota)
-            jobs.create_job(conn, job_id=job_id, user_id=user_id, workflow=workflow.name, params=resolved,
-                            prompt=graph, backend_id=backend["id"], client_id=backend["client_id"],
-                            idempotency_key=idempotency_key, request_hash=digest)
+            queue.enqueue(conn, job_id=job_id, user_id=user_id, workflow=workflow.name, params=resolved,
+                          prompt=graph, needs=needs, model=capabilities.model_of(needs), inputs=stored,
+                          servers=len(able), idempotency_key=idempotency_key, request_hash=digest)
     except pymysql.err.IntegrityError:
         # Another request with the same Idempotency-Key won the race.
+        _forget_inputs(ctx, stored)
         with ctx.db.connection() as conn:
             existing = jobs.find_by_idempotency_key(conn, user_id, idempotency_key)
         if existing is None:
             raise
         return _replay(existing, digest)
+    except BaseException:
+        _forget_inputs(ctx, stored)
+        raise
 
-    comfy = ctx.comfy(backend["url"])
-    try:
-        number = comfy.submit(graph, client_id=backend["client_id"], prompt_id=job_id)
-    except ComfyRejectedError as e:
-        log.info("job %s: ComfyUI rejected the prompt: %s", job_id, e)
-        with ctx.db.transaction() as conn:
-            jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}")
-            write_usage(conn, job_id, backend["url"])
+    # A free slot takes the job now (no added latency); else it waits for the listener to send it.
+    outcome = dispatch(ctx).get(job_id)
+    if outcome is not None and outcome.result == "rejected":
+        e = outcome.error
         raise WorkflowRejectedError(f"ComfyUI rejected the workflow: {e}",
-                                    details={"node_errors": e.node_errors, "error": e.error}) from None
-    except ComfyUnreachableError as e:
-        # Nothing was sent: forget the job, the app may simply try again.
-        log.warning("job %s: %s unreachable: %s", job_id, backend["url"], e)
-        with ctx.db.connection() as conn:
-            jobs.delete_unsubmitted(conn, job_id)
-        raise BackendUnavailableError("the ComfyUI server did not accept the job; try again", retry_after=5) from None
-    except ComfyError as e:
-        # A read timeout, a reset, a proxy's 5xx, a garbled answer: ComfyUI may have queued it.
-        # Keep the row; the listener's sweep asks ComfyUI and settles it (queued, or submitted
-        # again under the same prompt id), so an app retry can never make a second image.
-        log.warning("job %s: POST /prompt on %s ended unclear (%s); left for the sweep", job_id, backend["url"], e)
-        with ctx.db.connection() as conn:
-            return 202, jobs.get_job(conn, job_id)
+                                    details={"node_errors": e.node_errors, "error": e.error})
     with ctx.db.connection() as conn:
-        jobs.mark_submitted(conn, job_id, number)
         row = jobs.get_job(conn, job_id)
-    log.info("job %s: submitted to %s as number %s", job_id, backend["url"], number)
+    log.info("job %s: %s", job_id, f"sent to {outcome.backend_url} ({outcome.result})" if outcome else "waiting")
     return 202, row
 
 
-def _send_upload(comfy, upload: dict) -> str:
+def _why_none(pool: list[dict], caps: dict, needs: dict) -> str:
+    """Why no server can take a job: none connected, or what the connected ones lack."""
+    if not pool:
+        return "no ComfyUI server is connected right now"
+    lacking = sorted({m for b in pool for m in capabilities.missing(needs, caps.get(b["id"]))})
+    return "no connected ComfyUI server can run this job now (missing: " + ", ".join(lacking[:5]) + ")"
+
+
+def _store_inputs(ctx, user_id: str, job_id: str, uploads: dict) -> dict:
+    """Keep the checked bytes of each input image under the job (the app cannot write there), to be
+    sent to whichever server runs it; an upload form re-posted later cannot swap the image."""
+    stored = {}
     try:
-        return send_to_comfy(comfy, upload)
-    except ComfyError as e:
-        log.warning("upload %s: could not be sent to %s: %s", upload["id"], comfy.base_url, e)
-        raise BackendUnavailableError("the ComfyUI server did not take the input image; try again",
-                                      retry_after=5) from None
+        for name, upload in uploads.items():
+            key = f"users/{user_id}/jobs/{job_id}/input_{name}{ALLOWED_TYPES[upload['content_type']]}"
+            upload["file"].seek(0)
+            ctx.store.put_stream(key, upload["file"], upload["content_type"])
+            stored[name] = {"key": key, "file": comfy_name(upload), "content_type": upload["content_type"]}
+    except BaseException:
+        _forget_inputs(ctx, stored)
+        raise
+    return stored
+
+
+def _forget_inputs(ctx, stored: dict) -> None:
+    for spec in stored.values():
+        try:
+            ctx.store.delete(spec["key"])
+        except Exception as e:  # an orphan input image costs storage, nothing else
+            log.warning("input %s not deleted: %s", spec["key"], e)
 
 
 def _replay(existing: dict, digest: str) -> tuple[int, dict]:

@@ -106,8 +106,6 @@ def _read_capped(store, key: str, max_bytes: int):
     return data
 
 
-def send_to_comfy(comfy, upload: dict) -> str:
-    """Send the checked bytes of an upload to a ComfyUI server; return the file name to put in the graph."""
-    name = f"gw_{upload['id']}{ALLOWED_TYPES[upload['content_type']]}"
-    upload["file"].seek(0)
-    return comfy.upload_image(name, upload["file"], upload["content_type"])
+def comfy_name(upload: dict) -> str:
+    """The file name an upload gets on ComfyUI (sent there with the prompt, under this fixed name)."""
+    return f"gw_{upload['id']}{ALLOWED_TYPES[upload['content_type']]}"

@@ -211,6 +211,10 @@ class Workflow:
             "inputs": {name: spec.public() for name, spec in self.inputs.items()},
         }
 
+    def input_targets(self) -> set[tuple[str, str]]:
+        """The (node id, input) pairs that image inputs set."""
+        return {(t.node_id, t.input) for spec in self.inputs.values() for t in spec.targets}
+
     def node_title(self, node_id: str) -> str | None:
         """Return the node's ``_meta.title``, else its class_type; None for an unknown node."""
         node = self.graph.get(str(node_id))

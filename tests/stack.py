@@ -67,6 +67,10 @@ def config_env(cfg) -> dict:
         "QUEUE_TIMEOUT_S": str(cfg.queue_timeout_s),
         "RUN_TIMEOUT_S": str(cfg.run_timeout_s),
         "OUTPUT_COPY_DEADLINE_S": str(cfg.output_copy_deadline_s),
+        "COMFYUI_SLOTS": str(cfg.comfyui_slots),
+        "CAPABILITIES_REFRESH_S": str(cfg.capabilities_refresh_s),
+        "LOST_JOB_RETRIES": str(cfg.lost_job_retries),
+        "DISPATCH_SWEEP_S": str(cfg.dispatch_sweep_s),
         "LOG_LEVEL": "INFO",
     }
     if cfg.s3_endpoint_url:

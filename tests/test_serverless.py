@@ -19,8 +19,9 @@ SLS = yaml.safe_load((ROOT / "serverless.yml").read_text(encoding="utf-8"))
 LOCAL_ONLY_ROUTES = {"/v1/files", "/v1/files/<path:key>"}  # local-folder storage: not on Lambda
 # Read by the listener only (it never runs on Lambda), or by `gateway serve` only.
 NOT_ON_LAMBDA = {"PROGRESS_INTERVAL", "PREVIEW_INTERVAL", "HISTORY_RETRY_S", "RECONNECT_MAX_S",
-                     "RECONCILE_INTERVAL_S", "WATCHDOG_S", "LEASE_S", "QUEUE_TIMEOUT_S", "RUN_TIMEOUT_S",
-                     "OUTPUT_COPY_DEADLINE_S", "TRUSTED_PROXIES"}
+                     "RECONCILE_INTERVAL_S", "WATCHDOG_S", "QUEUE_TIMEOUT_S", "RUN_TIMEOUT_S",
+                     "OUTPUT_COPY_DEADLINE_S", "TRUSTED_PROXIES", "CAPABILITIES_REFRESH_S", "LOST_JOB_RETRIES",
+                     "DISPATCH_SWEEP_S"}
 
 
 def events():

@@ -31,17 +31,34 @@ What it says, it says the way ComfyUI 0.8.0 does (the transcripts win):
   ``execution_interrupted``; like the recordings (and unlike README fact 4)
   both are followed by ``status`` and ``executing`` with ``node: null``.
 
+Servers in a pool differ, as real ones do: each offers its own model files and
+node classes, and ``/object_info``, ``/models/{folder}`` and validation follow::
+
+    sdxl = FakeComfy(checkpoints=["sd_xl_base_1.0.safetensors"])
+    sd15 = FakeComfy(checkpoints=["v1-5-pruned-emaonly.safetensors"], loras=["pixel-art.safetensors"])
+    pack = FakeComfy(node_classes=["LoadImage", "SaveImage"], extra_nodes=["FaceRestore"])
+
+``LoraLoader`` passes its model and clip through; an ``extra_nodes`` class
+(category ``custom``, ``python_module`` ``custom_nodes.<name>``) passes its
+``image`` through. A prompt using a class the server lacks gets ComfyUI's
+``invalid_prompt`` answer, one using a checkpoint or LoRA it lacks gets
+``value_not_in_list``; both are 400 and counted in :attr:`FakeComfy.refusals`.
+
 Fault controls (thread-safe methods): :meth:`FakeComfy.drop_sockets`,
-:meth:`~FakeComfy.go_silent`, :meth:`~FakeComfy.restart`,
+:meth:`~FakeComfy.go_silent`, :meth:`~FakeComfy.restart` (optionally with
+other ``checkpoints``/``loras``), :meth:`~FakeComfy.set_checkpoints`,
+:meth:`~FakeComfy.set_loras`,
 :meth:`~FakeComfy.delay_history`, :meth:`~FakeComfy.fail_view`,
 :meth:`~FakeComfy.slow_view`, :meth:`~FakeComfy.drip_view`, :meth:`~FakeComfy.fail_http`,
 :meth:`~FakeComfy.reject_connections`, :meth:`~FakeComfy.pause` /
 :meth:`~FakeComfy.resume` and :meth:`~FakeComfy.fail_next`. Inspection:
 :attr:`~FakeComfy.prompts`, :meth:`~FakeComfy.output_bytes`,
 :attr:`~FakeComfy.view_requests`, :attr:`~FakeComfy.uploads`,
-:meth:`~FakeComfy.connected_client_ids`.
+:meth:`~FakeComfy.connected_client_ids`, :attr:`~FakeComfy.refusals` and
+:attr:`~FakeComfy.refusal_log`.
 
-Run it by hand with ``python -m tests.fakes.comfyui --port 8188 --step-delay 0.05``.
+Run it by hand with ``python -m tests.fakes.comfyui --port 8188 --step-delay 0.05``
+(``--checkpoint``, ``--lora``, ``--node-class`` and ``--extra-node`` repeat).
 """
 
 from __future__ import annotations
@@ -241,7 +258,9 @@ class NodeDef:
                 yield name, category, spec
 
 
-def node_catalogue(checkpoints: Iterable[str], input_files: Iterable[str]) -> dict[str, NodeDef]:
+def node_catalogue(
+    checkpoints: Iterable[str], input_files: Iterable[str], loras: Iterable[str] = ()
+) -> dict[str, NodeDef]:
     """The node classes the fake knows, with the choices that depend on its files."""
     tip = "tooltip"
     nodes = [
@@ -255,6 +274,24 @@ def node_catalogue(checkpoints: Iterable[str], input_files: Iterable[str]) -> di
                 "The VAE model used for encoding and decoding images to and from latent space.",
             ),
             description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+        ),
+        NodeDef(
+            "LoraLoader", "Load LoRA", "loaders",
+            {"required": {
+                "model": ["MODEL", {tip: "The diffusion model the LoRA will be applied to."}],
+                "clip": ["CLIP", {tip: "The CLIP model the LoRA will be applied to."}],
+                "lora_name": [list(loras), {tip: "The name of the LoRA."}],
+                "strength_model": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
+                                             tip: "How strongly to modify the diffusion model. This value can be "
+                                             "negative."}],
+                "strength_clip": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
+                                            tip: "How strongly to modify the CLIP model. This value can be "
+                                            "negative."}],
+            }},
+            ("MODEL", "CLIP"),
+            output_tooltips=("The modified diffusion model.", "The modified CLIP model."),
+            description="LoRAs are used to modify diffusion and CLIP models, altering the way in which latents "
+            "are denoised such as applying styles. Multiple LoRA nodes can be linked together.",
         ),
         NodeDef(
             "CLIPTextEncode", "CLIP Text Encode (Prompt)", "conditioning",
@@ -370,6 +407,40 @@ def node_catalogue(checkpoints: Iterable[str], input_files: Iterable[str]) -> di
         ),
     ]
     return {node.name: node for node in nodes}
+
+
+def custom_node(name: str) -> NodeDef:
+    """A class from a custom node pack: one IMAGE in, the same IMAGE out."""
+    return NodeDef(name, name, "custom", {"required": {"image": ["IMAGE"]}}, ("IMAGE",),
+                   python_module=f"custom_nodes.{name}")
+
+
+#: Every built-in class name (the choices do not change which classes exist).
+BUILTIN_CLASSES = frozenset(node_catalogue((), ()))
+
+
+def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
+    if isinstance(values, str):  # a lone name would otherwise become its letters
+        raise TypeError(f"{what} must be an iterable of names, not a string")
+    return tuple(values)
+
+
+def refusal_reasons(graph: Any, error: dict, node_errors: dict, catalogue: dict[str, NodeDef]) -> list[str]:
+    """Why a refused prompt asked for what this server lacks: a node class, or a combo value.
+
+    Empty when the refusal had another cause (no outputs, bad types, missing inputs ...).
+    """
+    if error.get("type") == "invalid_prompt":
+        # Walk the nodes as validate_prompt does: the first bad node decides the answer.
+        for node_id, node in (graph.items() if isinstance(graph, dict) else ()):
+            if not isinstance(node, dict) or "class_type" not in node:
+                break
+            class_type = node["class_type"]
+            if not isinstance(class_type, str) or class_type not in catalogue:
+                return [f"missing_node_class: {class_type} (node #{node_id})"]
+        return []
+    return [f"value_not_in_list: {e['details']} (node #{node_id})"
+            for node_id, entry in node_errors.items() for e in entry["errors"] if e["type"] == "value_not_in_list"]
 
 
 # ==========================================================================
@@ -773,16 +844,24 @@ def _fault_response(status: int, html: bool) -> web.Response:
 class _Server:
     """The fake ComfyUI proper. Everything here runs on the event loop thread."""
 
-    def __init__(self, *, host: str, port: int, step_delay: float, checkpoints: tuple[str, ...]):
+    def __init__(
+        self, *, host: str, port: int, step_delay: float, checkpoints: tuple[str, ...], loras: tuple[str, ...] = (),
+        node_classes: frozenset[str] | None = None, extra_nodes: tuple[str, ...] = (),
+    ):
         self.host, self.port = host, port
         self.step_delay = step_delay
+        # What this server offers (a restart may change the models, never the classes).
         self.checkpoints = tuple(checkpoints)
+        self.loras = tuple(loras)
+        self.node_classes = node_classes
+        self.extra_nodes = tuple(extra_nodes)
         self.runner: web.AppRunner | None = None
         self.site: web.TCPSite | None = None
         self.worker: asyncio.Task | None = None
         self.wakeup = asyncio.Event()
         # Test-side knobs and records (kept across restarts).
         self.prompts_log: list[dict] = []
+        self.refusal_log: list[tuple[str, str]] = []
         self.view_requests = 0
         self.silent = False
         self.paused = False
@@ -858,14 +937,23 @@ class _Server:
             await self.runner.cleanup()
         self.site = self.runner = None
 
-    async def go_down(self, keep_files: bool) -> None:
-        """The process dies: sockets drop, the running prompt stops, memory is lost."""
+    async def go_down(
+        self, keep_files: bool, checkpoints: tuple[str, ...] | None = None, loras: tuple[str, ...] | None = None
+    ) -> None:
+        """The process dies: sockets drop, the running prompt stops, memory is lost.
+
+        Given ``checkpoints`` or ``loras``, it comes back with those models instead.
+        """
         self.down = True
         await self._unlisten()
         await self._stop_worker()
         self._abort_connections()
         self.generation += 1
         self._reset_state(keep_files=keep_files)
+        if checkpoints is not None:
+            self.checkpoints = checkpoints
+        if loras is not None:
+            self.loras = loras
 
     async def come_up(self) -> None:
         if not self.down or self.runner is None:
@@ -994,8 +1082,13 @@ class _Server:
     # ------------------------------------------------------------------ prompts and queue
 
     def catalogue(self) -> dict[str, NodeDef]:
+        """The classes this server offers: the built-in ones it keeps, then its custom nodes."""
         top_level_inputs = [name for (kind, sub, name) in self.files if kind == "input" and not sub]
-        return node_catalogue(self.checkpoints, top_level_inputs)
+        nodes = node_catalogue(self.checkpoints, top_level_inputs, self.loras)
+        if self.node_classes is not None:
+            nodes = {name: node for name, node in nodes.items() if name in self.node_classes}
+        nodes.update((name, custom_node(name)) for name in self.extra_nodes)
+        return nodes
 
     def _input_key(self, name: str) -> tuple[str, str, str] | None:
         name = name.strip()
@@ -1039,10 +1132,14 @@ class _Server:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         graph = copy.deepcopy(body["prompt"])
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+        catalogue = self.catalogue()
         valid, error, outputs, node_errors = validate_prompt(
-            graph, self.catalogue(), self._input_exists, body.get("partial_execution_targets")
+            graph, catalogue, self._input_exists, body.get("partial_execution_targets")
         )
         if not valid:
+            reasons = refusal_reasons(body["prompt"], error, node_errors, catalogue)
+            if reasons:
+                self.refusal_log.append((prompt_id, "; ".join(reasons)))
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         extra_data = dict(body.get("extra_data") or {})
         if "client_id" in body:
@@ -1324,7 +1421,7 @@ class _Server:
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return web.Response(status=404)
-        return web.json_response(list(self.checkpoints) if folder == "checkpoints" else [])
+        return web.json_response(list({"checkpoints": self.checkpoints, "loras": self.loras}.get(folder, ())))
 
     # ------------------------------------------------------------------ the queue worker
 
@@ -1527,6 +1624,10 @@ class _Server:
         if class_type == "CheckpointLoaderSimple":
             name = inputs["ckpt_name"]
             return (Handle("MODEL", name), Handle("CLIP", name), Handle("VAE", name)), None
+        if class_type == "LoraLoader":  # the fake's models are names: applying a LoRA changes nothing
+            return (inputs["model"], inputs["clip"]), None
+        if class_type in self.extra_nodes:
+            return (inputs["image"],), None
         if class_type == "CLIPTextEncode":
             return (Handle("CONDITIONING", inputs["text"][:60]),), None
         if class_type == "EmptyLatentImage":
@@ -1602,6 +1703,14 @@ class _Server:
 class FakeComfy:
     """A fake ComfyUI 0.8.0 on loopback, its aiohttp loop in a background thread.
 
+    Several can run side by side as a pool of servers that offer different things:
+    ``checkpoints`` and ``loras`` are the model files (the choices of
+    ``CheckpointLoaderSimple`` and ``LoraLoader``), ``node_classes`` keeps only
+    these built-in classes (None keeps them all) and ``extra_nodes`` adds
+    custom-node classes that pass one IMAGE through. A prompt using a class the
+    server lacks, or a model it lacks, is refused as ComfyUI refuses it (and
+    counted in :attr:`refusals`).
+
     All methods are thread-safe: they hand their work to the loop and wait.
     """
 
@@ -1610,12 +1719,24 @@ class FakeComfy:
         step_delay: float = 0.01,
         checkpoints: Iterable[str] = ("v1-5-pruned-emaonly.safetensors",),
         *,
+        loras: Iterable[str] = (),
+        node_classes: Iterable[str] | None = None,
+        extra_nodes: Iterable[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
     ):
         self._host, self._port = host, port
         self._step_delay = step_delay
-        self._checkpoints = tuple(checkpoints)
+        self._checkpoints = _names(checkpoints, "checkpoints")
+        self._loras = _names(loras, "loras")
+        self._extra_nodes = _names(extra_nodes, "extra_nodes")
+        clashes = sorted(BUILTIN_CLASSES.intersection(self._extra_nodes))
+        if clashes:
+            raise ValueError(f"extra_nodes must not reuse built-in class names: {clashes}")
+        self._node_classes = None if node_classes is None else frozenset(_names(node_classes, "node_classes"))
+        unknown = sorted((self._node_classes or set()) - BUILTIN_CLASSES - set(self._extra_nodes))
+        if unknown:
+            raise ValueError(f"unknown node_classes {unknown}; known: {sorted(BUILTIN_CLASSES)}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: _Server | None = None
@@ -1633,7 +1754,8 @@ class FakeComfy:
 
         async def create() -> None:
             self._server = _Server(host=self._host, port=self._port, step_delay=self._step_delay,
-                                   checkpoints=self._checkpoints)
+                                   checkpoints=self._checkpoints, loras=self._loras,
+                                   node_classes=self._node_classes, extra_nodes=self._extra_nodes)
             self._port = await self._server.start()
 
         try:
@@ -1720,14 +1842,23 @@ class FakeComfy:
         """Keep sockets open but send nothing on them (messages are dropped, not queued)."""
         self._call(lambda s: setattr(s, "silent", on))
 
-    def restart(self, downtime: float = 0.0, *, wait: bool = True, keep_files: bool = False) -> None:
+    def restart(
+        self, downtime: float = 0.0, *, wait: bool = True, keep_files: bool = False,
+        checkpoints: Iterable[str] | None = None, loras: Iterable[str] | None = None,
+    ) -> None:
         """Kill and restart: sockets drop, the running prompt stops, queue, history, cache,
         the ``number`` counter and (unless ``keep_files``) all files are forgotten
         (transcript 12). Connections are refused for ``downtime`` seconds, then the
         server listens again on the same port. With ``wait=False`` this returns at once.
+        Given ``checkpoints`` or ``loras``, it comes back offering those models instead.
         """
         server = self._require_server()
-        self._run(server.go_down(keep_files))
+        if checkpoints is not None:
+            self._checkpoints = _names(checkpoints, "checkpoints")
+        if loras is not None:
+            self._loras = _names(loras, "loras")
+        self._run(server.go_down(keep_files, None if checkpoints is None else self._checkpoints,
+                                 None if loras is None else self._loras))
         if wait:
             time.sleep(downtime)
             self._run(server.come_up())
@@ -1737,6 +1868,18 @@ class FakeComfy:
             loop.call_soon_threadsafe(
                 lambda: loop.call_later(downtime, lambda: asyncio.ensure_future(server.come_up()))
             )
+
+    def set_checkpoints(self, names: Iterable[str]) -> None:
+        """Offer these checkpoints from now on, without a restart (files added or removed live)."""
+        self._checkpoints = _names(names, "checkpoints")
+        if self._server is not None:
+            self._call(lambda s: setattr(s, "checkpoints", self._checkpoints))
+
+    def set_loras(self, names: Iterable[str]) -> None:
+        """Offer these LoRAs from now on, without a restart."""
+        self._loras = _names(names, "loras")
+        if self._server is not None:
+            self._call(lambda s: setattr(s, "loras", self._loras))
 
     def delay_history(self, seconds: float) -> None:
         """Prompts finishing from now on show in /history and /api/jobs only ``seconds`` after they end."""
@@ -1799,6 +1942,17 @@ class FakeComfy:
         return data
 
     @property
+    def refusals(self) -> int:
+        """How many POST /prompt answered 400 because the prompt used a node class or a combo
+        value (a checkpoint, a LoRA ...) this server does not offer, across restarts."""
+        return self._call(lambda s: len(s.refusal_log))
+
+    @property
+    def refusal_log(self) -> list[tuple[str, str]]:
+        """(prompt_id, reason) for each of :attr:`refusals`, oldest first."""
+        return self._call(lambda s: list(s.refusal_log))
+
+    @property
     def view_requests(self) -> int:
         """How many GET /view requests arrived (failed and slow ones included)."""
         return self._call(lambda s: s.view_requests)
@@ -1826,9 +1980,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-delay", type=float, default=0.05, help="seconds per sampler step")
     parser.add_argument("--checkpoint", action="append", dest="checkpoints",
                         help="a checkpoint name to offer (repeatable)")
+    parser.add_argument("--lora", action="append", dest="loras", default=[],
+                        help="a LoRA name to offer (repeatable)")
+    parser.add_argument("--node-class", action="append", dest="node_classes",
+                        help="offer only these built-in node classes (repeatable; default: all)")
+    parser.add_argument("--extra-node", action="append", dest="extra_nodes", default=[],
+                        help="a custom node class to add, IMAGE in and out (repeatable)")
     args = parser.parse_args(argv)
     fake = FakeComfy(step_delay=args.step_delay,
                      checkpoints=args.checkpoints or ("v1-5-pruned-emaonly.safetensors",),
+                     loras=args.loras, node_classes=args.node_classes, extra_nodes=args.extra_nodes,
                      host=args.host, port=args.port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -734,9 +734,9 @@ def test_discovery_like_transcript_09(fake, clients):
     assert get_json(fake, "/api/object_info/KSampler")  # every route is also under /api
 
     everything = get_json(fake, "/object_info")
-    assert set(everything) == {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler",
-                               "VAEDecode", "VAEEncode", "SaveImage", "PreviewImage", "LoadImage", "ImageInvert",
-                               "ProbeSampler"}
+    assert set(everything) == {"CheckpointLoaderSimple", "LoraLoader", "CLIPTextEncode", "EmptyLatentImage",
+                               "KSampler", "VAEDecode", "VAEEncode", "SaveImage", "PreviewImage", "LoadImage",
+                               "ImageInvert", "ProbeSampler"}
     ksampler = everything["KSampler"]["input"]["required"]
     assert {"euler", "euler_ancestral", "dpmpp_2m"} <= set(ksampler["sampler_name"][0])
     assert {"normal", "karras"} <= set(ksampler["scheduler"][0])
@@ -923,6 +923,281 @@ def test_ordering_by_number_and_front(fake, clients):
 
 
 # --------------------------------------------------------------------------
+# A pool of servers that offer different things
+# --------------------------------------------------------------------------
+
+SD15 = "v1-5-pruned-emaonly.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+TXT2IMG_CLASSES = {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
+                   "SaveImage"}
+
+
+def post_prompt(fake: FakeComfy, graph: dict, **extra) -> requests.Response:
+    return requests.post(f"{fake.base_url}/prompt", json={"prompt": graph, **extra}, timeout=5)
+
+
+def with_checkpoint(graph: dict, name: str) -> dict:
+    graph["4"]["inputs"]["ckpt_name"] = name
+    return graph
+
+
+def lora_graph(lora: str, *, checkpoint: str = SD15, seed: int = 5) -> dict:
+    """txt2img with a LoraLoader between the checkpoint and its users."""
+    graph = with_checkpoint(txt2img_graph(seed=seed, width=40, height=24), checkpoint)
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": lora, "strength_model": 0.8, "strength_clip": -1.5}}
+    graph["3"]["inputs"]["model"] = ["10", 0]
+    graph["6"]["inputs"]["clip"] = ["10", 1]
+    graph["7"]["inputs"]["clip"] = ["10", 1]
+    return graph
+
+
+def png_pixels(data: bytes) -> bytes:
+    """The decompressed image rows of a PNG (its tEXt chunks, which hold the prompt, left out)."""
+    check_png(data)
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return zlib.decompress(idat)
+
+
+def test_pool_servers_each_refuse_what_they_lack_and_count_it():
+    with FakeComfy(checkpoints=[SDXL], node_classes=TXT2IMG_CLASSES) as sdxl, \
+            FakeComfy(checkpoints=[SD15], loras=["pixel-art.safetensors"]) as sd15:
+        assert set(get_json(sdxl, "/object_info")) == TXT2IMG_CLASSES
+        assert {"ProbeSampler", "LoraLoader", "LoadImage"} <= set(get_json(sd15, "/object_info"))
+        assert get_json(sdxl, "/object_info/ProbeSampler") == {}  # as ComfyUI answers for any unknown class
+        assert get_json(sdxl, "/models/checkpoints") == [SDXL] and get_json(sd15, "/models/checkpoints") == [SD15]
+        assert get_json(sdxl, "/object_info/CheckpointLoaderSimple")["CheckpointLoaderSimple"]["input"][
+            "required"]["ckpt_name"][0] == [SDXL]
+
+        # Each runs what it has ...
+        assert submit(sd15, txt2img_graph())["node_errors"] == {}
+        assert submit(sdxl, with_checkpoint(txt2img_graph(), SDXL))["node_errors"] == {}
+        assert submit(sd15, probe_graph())["node_errors"] == {}
+
+        # ... and refuses what it lacks, the way ComfyUI does.
+        response = post_prompt(sdxl, txt2img_graph(), prompt_id="wrong-checkpoint")
+        assert response.status_code == 400
+        body = response.json()
+        assert body["error"]["type"] == "prompt_outputs_failed_validation"
+        [error] = body["node_errors"]["4"]["errors"]
+        assert (error["type"], error["details"]) == ("value_not_in_list", f"ckpt_name: '{SD15}' not in ['{SDXL}']")
+        assert body["node_errors"]["4"]["dependent_outputs"] == ["9"]
+
+        response = post_prompt(sdxl, probe_graph(), prompt_id="wrong-class")
+        assert (response.status_code, response.json()) == (400, {
+            "error": {"type": "invalid_prompt", "message": "Cannot execute because node ProbeSampler does not exist.",
+                      "details": "Node ID '#3'", "extra_info": {}},
+            "node_errors": {}})
+        assert post_prompt(sd15, with_checkpoint(txt2img_graph(), SDXL)).status_code == 400
+
+        assert (sdxl.refusals, sd15.refusals) == (2, 1)
+        assert sdxl.refusal_log == [
+            ("wrong-checkpoint", f"value_not_in_list: ckpt_name: '{SD15}' not in ['{SDXL}'] (node #4)"),
+            ("wrong-class", "missing_node_class: ProbeSampler (node #3)"),
+        ]
+        assert [p["graph"]["4"]["inputs"]["ckpt_name"] for p in sdxl.prompts] == [SDXL]  # refused ones never queue
+
+
+def test_refusals_count_only_prompts_asking_for_what_is_missing(fake):
+    for exchange in recorded_http("06", "POST", "/prompt"):  # one unknown class among other mistakes
+        assert requests.post(f"{fake.base_url}/prompt", json=exchange["request"], timeout=5).status_code == 400
+    assert fake.refusals == 1
+    assert fake.refusal_log[0][1] == "missing_node_class: NoSuchNode (node #1)"
+
+    not_counted = [
+        {"1": {"inputs": {}}, "2": {"class_type": "NoSuchNode", "inputs": {}}},  # the missing class_type decides
+        {"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}},
+    ]
+    bad_steps = txt2img_graph()
+    bad_steps["3"]["inputs"]["steps"] = "many"
+    no_text = txt2img_graph()
+    del no_text["6"]["inputs"]["text"]
+    not_counted += [bad_steps, no_text]
+    for graph in not_counted:
+        assert post_prompt(fake, graph).status_code == 400
+    assert requests.post(f"{fake.base_url}/prompt", json={"client_id": "x"}, timeout=5).status_code == 400
+    # A combo value missing from one output while another output is valid: accepted, so not a refusal.
+    partly = lora_graph("absent.safetensors")
+    probe = probe_graph()
+    partly["20"] = probe["3"]
+    partly["21"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "probe"}}
+    answer = submit(fake, partly)
+    assert answer["node_errors"]["10"]["errors"][0]["type"] == "value_not_in_list"
+    assert answer["node_errors"]["10"]["dependent_outputs"] == ["9"]
+    assert fake.refusals == 1
+
+    # A sampler name the server lacks is refused like a missing model, and several reasons are joined.
+    graph = with_checkpoint(txt2img_graph(), SDXL)
+    graph["3"]["inputs"]["sampler_name"] = "warp_drive"
+    assert post_prompt(fake, graph, prompt_id="two").status_code == 400
+    assert fake.refusals == 2
+    assert fake.refusal_log[-1] == ("two", f"value_not_in_list: ckpt_name: '{SDXL}' not in ['{SD15}'] (node #4); "
+                                           "value_not_in_list: sampler_name: 'warp_drive' not in (list of length 40) "
+                                           "(node #3)")
+
+
+def test_lora_loader_is_listed_like_comfyui_and_runs_where_the_lora_exists(clients):
+    with FakeComfy(loras=["pixel-art.safetensors", "ink.safetensors"]) as fake:
+        tip = "tooltip"
+        strength = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+        assert get_json(fake, "/object_info/LoraLoader") == {"LoraLoader": {
+            "input": {"required": {
+                "model": ["MODEL", {tip: "The diffusion model the LoRA will be applied to."}],
+                "clip": ["CLIP", {tip: "The CLIP model the LoRA will be applied to."}],
+                "lora_name": [["pixel-art.safetensors", "ink.safetensors"], {tip: "The name of the LoRA."}],
+                "strength_model": ["FLOAT", {**strength, tip: "How strongly to modify the diffusion model. This "
+                                                              "value can be negative."}],
+                "strength_clip": ["FLOAT", {**strength, tip: "How strongly to modify the CLIP model. This value "
+                                                             "can be negative."}],
+            }},
+            "input_order": {"required": ["model", "clip", "lora_name", "strength_model", "strength_clip"]},
+            "output": ["MODEL", "CLIP"],
+            "output_is_list": [False, False],
+            "output_name": ["MODEL", "CLIP"],
+            "name": "LoraLoader",
+            "display_name": "Load LoRA",
+            "description": "LoRAs are used to modify diffusion and CLIP models, altering the way in which latents "
+                           "are denoised such as applying styles. Multiple LoRA nodes can be linked together.",
+            "python_module": "nodes",
+            "category": "loaders",
+            "output_node": False,
+            "output_tooltips": ["The modified diffusion model.", "The modified CLIP model."],
+        }}
+        assert get_json(fake, "/models/loras") == ["pixel-art.safetensors", "ink.safetensors"]
+
+        ws = Client(fake)
+        try:
+            ws.recv()
+            with_lora = submit(fake, lora_graph("ink.safetensors"), ws.client_id)["prompt_id"]
+            frames = ws.until_done(with_lora)
+            assert texts(frames, "execution_success") and not texts(frames, "execution_error")
+            assert "10" in [e["node"] for e in texts(frames, "executing")]
+            [image] = texts(frames, "executed")[0]["output"]["images"]
+            lora_png = fake.output_bytes(image["filename"])
+            assert check_png(lora_png) == (40, 24)
+
+            plain = submit(fake, txt2img_graph(seed=5, width=40, height=24, prefix="plain"), ws.client_id)
+            frames = ws.until_done(plain["prompt_id"])
+            [image] = texts(frames, "executed")[0]["output"]["images"]
+            assert png_pixels(fake.output_bytes(image["filename"])) == png_pixels(lora_png)  # passed through
+
+            fake.fail_next(at_step=1)  # the error report shows what reached the sampler: the checkpoint's model
+            failed = submit(fake, lora_graph("pixel-art.safetensors", seed=9), ws.client_id)["prompt_id"]
+            [error] = texts(ws.until_done(failed), "execution_error")
+            assert (error["node_id"], error["current_inputs"]["model"]) == ("3", [f"<MODEL {SD15}>"])
+        finally:
+            ws.close()
+
+        response = post_prompt(fake, lora_graph("absent.safetensors"))
+        [error] = response.json()["node_errors"]["10"]["errors"]
+        assert (response.status_code, error["type"]) == (400, "value_not_in_list")
+        assert fake.refusals == 1
+
+    with FakeComfy() as bare:  # no LoRA files: LoraLoader is still offered, with nothing to choose
+        assert get_json(bare, "/object_info/LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0] == []
+        response = post_prompt(bare, lora_graph("ink.safetensors"))
+        assert response.status_code == 400
+        assert response.json()["node_errors"]["10"]["errors"][0]["details"] == "lora_name: 'ink.safetensors' not in []"
+        assert bare.refusals == 1
+
+
+def test_restart_with_other_models_and_set_checkpoints_live(fake, clients):
+    ws = clients()
+    ws.recv()
+    before = submit(fake, txt2img_graph(), ws.client_id)["prompt_id"]
+    ws.until_done(before)
+
+    fake.restart(checkpoints=[SDXL], loras=["ink.safetensors"])
+    assert get_json(fake, "/models/checkpoints") == [SDXL]
+    assert get_json(fake, "/models/loras") == ["ink.safetensors"]
+    loader = get_json(fake, "/object_info/CheckpointLoaderSimple")["CheckpointLoaderSimple"]
+    assert loader["input"]["required"]["ckpt_name"][0] == [SDXL]
+    assert post_prompt(fake, txt2img_graph()).status_code == 400  # yesterday's model is gone
+    assert fake.refusals == 1
+    again = clients()
+    again.recv()
+    pid = submit(fake, lora_graph("ink.safetensors", checkpoint=SDXL), again.client_id)["prompt_id"]
+    assert texts(again.until_done(pid), "execution_success")
+
+    fake.restart()  # without models given, the same ones come back
+    assert get_json(fake, "/models/checkpoints") == [SDXL]
+    assert get_json(fake, "/models/loras") == ["ink.safetensors"]
+
+    fake.restart(wait=False, downtime=0.2, checkpoints=[SD15, SDXL])
+    wait_for(lambda: _answers(fake), timeout=3)
+    assert get_json(fake, "/models/checkpoints") == [SD15, SDXL]
+
+    third = clients()
+    third.recv()
+    done = submit(fake, txt2img_graph(), third.client_id)["prompt_id"]
+    third.until_done(done)
+    fake.set_checkpoints([SDXL])  # live: no restart, history and sockets stay
+    assert get_json(fake, "/models/checkpoints") == [SDXL]
+    assert post_prompt(fake, txt2img_graph()).status_code == 400
+    assert fake.refusals == 2
+    assert history(fake, done)[done]["status"]["completed"] is True
+    assert third.client_id in fake.connected_client_ids()
+    fake.set_loras([])
+    assert get_json(fake, "/models/loras") == []
+    with pytest.raises(TypeError):
+        fake.set_checkpoints(SDXL)  # a lone name, not a list
+
+
+def test_extra_node_runs_as_a_pass_through(clients):
+    with FakeComfy(node_classes=["LoadImage", "SaveImage"], extra_nodes=["FaceRestore"]) as fake:
+        everything = get_json(fake, "/object_info")
+        assert set(everything) == {"LoadImage", "SaveImage", "FaceRestore"}
+        info = everything["FaceRestore"]
+        assert (info["category"], info["python_module"], info["output"], info["output_node"]) == (
+            "custom", "custom_nodes.FaceRestore", ["IMAGE"], False)
+        assert info["input"] == {"required": {"image": ["IMAGE"]}}
+        assert get_json(fake, "/object_info/FaceRestore") == {"FaceRestore": info}
+
+        picture = make_png(20, 12, seed=3)
+        requests.post(f"{fake.base_url}/upload/image", files={"image": ("face.png", picture)}, timeout=5)
+        ws = Client(fake)
+        try:
+            ws.recv()
+            graph = {
+                "1": {"class_type": "LoadImage", "inputs": {"image": "face.png"}},
+                "2": {"class_type": "FaceRestore", "inputs": {"image": ["1", 0]}},
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "restored"}},
+            }
+            frames = ws.until_done(submit(fake, graph, ws.client_id)["prompt_id"])
+            assert [e["node"] for e in texts(frames, "executing") if e["node"]] == ["1", "2", "3"]
+            restored = fake.output_bytes(texts(frames, "executed")[0]["output"]["images"][0]["filename"])
+
+            direct = {"1": graph["1"], "3": {"class_type": "SaveImage", "inputs": {
+                "images": ["1", 0], "filename_prefix": "direct"}}}
+            frames = ws.until_done(submit(fake, direct, ws.client_id)["prompt_id"])
+            loaded = fake.output_bytes(texts(frames, "executed")[0]["output"]["images"][0]["filename"])
+            assert check_png(restored) == (20, 12)
+            assert png_pixels(restored) == png_pixels(loaded)  # its input image, unchanged
+        finally:
+            ws.close()
+
+        # ProbeSampler is a custom node in the full catalogue, but this server does not offer it.
+        assert post_prompt(fake, probe_graph()).status_code == 400
+        assert fake.refusal_log[-1][1] == "missing_node_class: ProbeSampler (node #3)"
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"node_classes": ["KSampler", "NoSuchNode"]}, ValueError),
+    ({"extra_nodes": ["KSampler"]}, ValueError),
+    ({"checkpoints": SDXL}, TypeError),
+    ({"loras": "ink.safetensors"}, TypeError),
+])
+def test_pool_options_are_checked(kwargs, error):
+    with pytest.raises(error):
+        FakeComfy(**kwargs)
+
+
+# --------------------------------------------------------------------------
 # Images and the command line
 # --------------------------------------------------------------------------
 
@@ -938,13 +1213,18 @@ def test_make_png_and_image_size():
 
 
 def test_command_line_runs_the_fake():
-    command = [sys.executable, "-m", "tests.fakes.comfyui", "--port", "0", "--step-delay", "0.01"]
+    command = [sys.executable, "-m", "tests.fakes.comfyui", "--port", "0", "--step-delay", "0.01",
+               "--lora", "pixel-art.safetensors", "--node-class", "LoraLoader", "--node-class", "SaveImage",
+               "--extra-node", "FaceRestore"]
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
         try:
             line = process.stdout.readline()
             assert line.startswith("fake ComfyUI listening on http://127.0.0.1:")
             url = line.split()[-1]
             assert requests.get(f"{url}/system_stats", timeout=5).json()["system"]["comfyui_version"] == "0.8.0"
+            assert set(requests.get(f"{url}/object_info", timeout=5).json()) == {
+                "LoraLoader", "SaveImage", "FaceRestore"}
+            assert requests.get(f"{url}/models/loras", timeout=5).json() == ["pixel-art.safetensors"]
         finally:
             process.terminate()
         assert process.wait(timeout=5) == 0

@@ -44,11 +44,15 @@ def test_every_change_of_the_job_changes_the_tag_and_every_instance_agrees(polle
     assert jobs.mark_submitted(db_conn, job_id, 5)  # ComfyUI took it: the answer changes
     tag2 = client.get(f"/v1/jobs/{job_id}", headers=h).headers["ETag"]
     assert tag2 != tag
-    # Another instance with its own estimate of the run time (eta_seconds) gives the same tag.
-    monkeypatch.setattr(type(ctx), "run_seconds", lambda self, workflow, **kw: 42.0)
+    # A new mean run time (another job finished) moves eta_seconds, not the tag.
+    assert client.get(f"/v1/jobs/{job_id}", headers=h).get_json()["job"]["eta_seconds"] is None
+    jobs.record_run_time(db_conn, "txt2img", 4.0)
     other = client.get(f"/v1/jobs/{job_id}", headers=h)
-    assert other.headers["ETag"] == tag2 and other.get_json()["job"]["eta_seconds"] is not None
+    assert other.headers["ETag"] == tag2 and other.get_json()["job"]["eta_seconds"] == 6.0  # 4 s × (0 ahead + 1.5)
     assert client.get(f"/v1/jobs/{job_id}", headers={**h, "If-None-Match": tag2}).status_code == 304
+    # Every instance reads the same shared state: a second app gives the same answer.
+    second = create_app(lambda: type(ctx)(ctx.config)).test_client().get(f"/v1/jobs/{job_id}", headers=h)
+    assert second.headers["ETag"] == tag2 and second.get_json()["job"]["eta_seconds"] == 6.0
 
 
 def test_a_final_job_keeps_its_tag_while_the_queue_moves(polled, ctx, db_conn):

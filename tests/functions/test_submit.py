@@ -33,7 +33,8 @@ def fake():
 
 @pytest.fixture
 def workflows_dir(tmp_path):
-    """The shipped workflows plus `broken`: txt2img with a checkpoint ComfyUI does not have, fixed in the graph."""
+    """The shipped workflows plus `broken`: txt2img with a checkpoint no server has, fixed in the graph,
+    and `invalid`: txt2img with a denoise ComfyUI refuses (over its maximum)."""
     folder = tmp_path / "workflows"
     folder.mkdir()
     for f in (ROOT / "workflows").glob("*.json"):
@@ -42,6 +43,9 @@ def workflows_dir(tmp_path):
     wf["graph"]["4"]["inputs"]["ckpt_name"] = "no-such-model.safetensors"
     del wf["params"]["checkpoint"]
     (folder / "broken.json").write_text(json.dumps(wf))
+    wf = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    wf["graph"]["3"]["inputs"]["denoise"] = 5.0
+    (folder / "invalid.json").write_text(json.dumps(wf))
     return folder
 
 
@@ -65,19 +69,31 @@ def rows(db_conn, sql, args=()):
 
 def test_a_rejected_graph_is_422_with_node_errors_and_a_failed_billed_job(stack, fake, db_conn):
     ctx, client, h = stack
-    r = client.post("/v1/jobs", json={**BODY, "workflow": "broken"}, headers=h)
+    r = client.post("/v1/jobs", json={**BODY, "workflow": "invalid"}, headers=h)
     assert r.status_code == 422, r.get_data(as_text=True)
     error = r.get_json()["error"]
     assert error["code"] == "workflow_rejected"
     assert error["details"]["error"]["type"] == "prompt_outputs_failed_validation"
-    node = error["details"]["node_errors"]["4"]
-    assert node["class_type"] == "CheckpointLoaderSimple"
-    assert any("no-such-model.safetensors" in e["details"] for e in node["errors"])
+    node = error["details"]["node_errors"]["3"]
+    assert node["class_type"] == "KSampler"
+    assert any("denoise" in e["details"] for e in node["errors"])
     [job] = rows(db_conn, "SELECT id, status, error_code FROM jobs")
     assert (job["status"], job["error_code"]) == ("failed", "execution_error")
     [usage] = rows(db_conn, "SELECT job_id, status, images FROM usage_records")
     assert (usage["job_id"], usage["status"], usage["images"]) == (job["id"], "failed", 0)
     assert fake.prompts == []
+
+
+def test_a_job_no_server_can_run_is_503_names_what_is_missing_and_is_never_sent(stack, fake, db_conn):
+    """A checkpoint fixed in the graph that no server has: never sent (ComfyUI would refuse it)."""
+    ctx, client, h = stack
+    r = client.post("/v1/jobs", json={**BODY, "workflow": "broken"}, headers=h)
+    assert r.status_code == 503, r.get_data(as_text=True)
+    assert r.headers["Retry-After"]
+    error = r.get_json()["error"]
+    assert error["code"] == "backend_unavailable" and "no-such-model.safetensors" in error["message"]
+    assert rows(db_conn, "SELECT id FROM jobs") == ()
+    assert fake.prompts == [] and fake.refusals == 0
 
 
 def test_an_unclear_answer_keeps_the_job_for_the_sweep(stack, fake, db_conn):
@@ -96,19 +112,24 @@ def test_an_unclear_answer_keeps_the_job_for_the_sweep(stack, fake, db_conn):
     fake.resume()
 
 
-def test_a_refused_connection_is_503_and_keeps_no_job(make_config, db_conn, fake, stack):
-    """Nothing reached ComfyUI: 503 backend_unavailable with Retry-After, and no row is left behind."""
+def test_a_refused_connection_puts_the_job_back_in_the_queue_and_it_runs_later(make_config, db_conn, fake, stack):
+    """Nothing reached ComfyUI: the job goes back to the gateway queue (202), and runs once the server answers."""
     ctx, client, h = stack
     fresh = Context(ctx.config)  # no kept-alive connection to the fake: the next one is refused
     fresh_client = create_app(lambda: fresh).test_client()
     fake.reject_connections(True)
     try:
         r = fresh_client.post("/v1/jobs", json=BODY, headers=h)
+        assert r.status_code == 202, r.get_data(as_text=True)
+        job = r.get_json()["job"]
+        assert job["status"] == "queued"
+        [row] = rows(db_conn, "SELECT status, backend_id FROM jobs")
+        assert row["backend_id"] is None or row["status"] != "submitting"  # waiting, or resent by the listener
     finally:
         fake.reject_connections(False)
-    assert r.status_code == 503, r.get_data(as_text=True)
-    assert r.get_json()["error"]["code"] == "backend_unavailable" and r.headers["Retry-After"]
-    assert rows(db_conn, "SELECT id FROM jobs") == ()
+    wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=h).get_json()["job"]["status"] == "succeeded", 30,
+             "the requeued job never ran")
+    assert [p["prompt_id"] for p in fake.prompts] == [job["id"]]
     fresh.db.close()
 
 
@@ -171,5 +192,5 @@ def test_workflows_without_a_connected_server_offer_no_choices_and_wait_for_none
     assert r.status_code == 200
     checkpoint = {w["name"]: w for w in r.get_json()["workflows"]}["txt2img"]["params"]["checkpoint"]
     assert "enum" not in checkpoint and checkpoint["default"] == "v1-5-pruned-emaonly.safetensors"
-    assert ctx.choices_cache._cache == {} and ctx.choices_cache._failed == {}  # ComfyUI was not asked
+    assert {w["name"]: w for w in r.get_json()["workflows"]}["txt2img"]["available"] is False
     ctx.db.close()

@@ -86,21 +86,28 @@ def test_img2img_with_an_uploaded_image(stack, fake):
              "img2img did not finish")
 
 
-def test_comfyui_gets_the_bytes_that_were_checked(stack, fake):
-    """The form can be posted again after the check: what reaches ComfyUI is what was checked."""
-    from shared.uploads import check_upload, send_to_comfy
+def test_comfyui_gets_the_bytes_that_were_checked(stack, fake, db_conn):
+    """The form can be posted again after the check, while the job waits in the gateway queue:
+    what reaches ComfyUI later is what was checked."""
+    from shared import backends
     kind, ctx, client = stack
     h = login(client, "alice")
+    backends.set_slots(db_conn, fake.base_url, 1)
+    fake.pause()
+    first = client.post("/v1/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}}, headers=h)
+    assert first.status_code == 202  # it holds the server's one slot
     up = new_upload(client, h, size=len(PNG))
     assert wx_upload(client, up, PNG) in (200, 201, 204)
-    user_id = client.post("/v1/auth/dev", json={"user": "alice"}).get_json()["user"]["id"]
-    checked = check_upload(ctx, user_id, up["id"], "inputs.image")
-    try:
-        assert wx_upload(client, up, b"not an image at all") in (200, 201, 204)  # swapped after the check
-        name = send_to_comfy(ctx.comfy(fake.base_url), checked)
-    finally:
-        checked["file"].close()
-    assert fake.uploads[name] == PNG
+    r = client.post("/v1/jobs", json={"workflow": "img2img", "params": {"prompt": "x"}, "inputs": {"image": up["id"]}},
+                    headers=h)
+    assert r.status_code == 202, r.get_data(as_text=True)
+    job_id = r.get_json()["job"]["id"]
+    assert [p["prompt_id"] for p in fake.prompts] == [first.get_json()["job"]["id"]]  # it waits
+    assert wx_upload(client, up, b"not an image at all") in (200, 201, 204)  # swapped after the check
+    fake.resume()
+    wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=h).get_json()["job"]["status"] == "succeeded", 30,
+             "img2img did not finish")
+    assert fake.uploads[f"gw_{up['id']}.png"] == PNG
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "other_user", "expired", "never_uploaded", "unknown_id"])

@@ -1,17 +1,17 @@
-"""ComfyClient's error mapping and the enum_from choices cache, against the fake ComfyUI."""
+"""ComfyClient against the fake ComfyUI: the whole /object_info, and its error mapping."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
-from shared.comfy import ChoicesCache, ComfyClient
+from shared.comfy import ComfyClient, ComfyProtocolError, ComfyUnavailableError
 from tests.fakes.comfyui import FakeComfy
 
 
 @pytest.fixture
 def fake():
-    with FakeComfy() as f:
+    with FakeComfy(checkpoints=("a.safetensors", "b.safetensors")) as f:
         yield f
 
 
@@ -21,48 +21,14 @@ def client(fake):
         yield ComfyClient(s, fake.base_url, timeout=2)
 
 
-def test_choices_are_cached_for_their_ttl(fake, client):
-    cache = ChoicesCache(ttl=300)
-    info = cache.object_info(client, "CheckpointLoaderSimple")
-    assert "CheckpointLoaderSimple" in info
-    fake.fail_http("/object_info", status=502)  # a second request would fail: none is made
-    assert cache.object_info(client, "CheckpointLoaderSimple") == info
+def test_object_info_lists_every_class_with_its_choices(client):
+    info = client.object_info()
+    assert {"CheckpointLoaderSimple", "KSampler", "SaveImage"} <= set(info)
+    assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["a.safetensors", "b.safetensors"]
 
 
-def test_a_failed_look_up_is_not_repeated_at_once(fake, client, monkeypatch):
-    cache = ChoicesCache(ttl=300)
-    fake.fail_http("/object_info", status=502, times=1)
-    assert cache.object_info(client, "CheckpointLoaderSimple") is None
-    # The server would answer now, but the failure is remembered for a few seconds.
-    assert cache.object_info(client, "CheckpointLoaderSimple") is None
-    monkeypatch.setattr(ChoicesCache, "FAILURE_TTL", 0.0)
-    assert "CheckpointLoaderSimple" in cache.object_info(client, "CheckpointLoaderSimple")
-
-
-def test_a_stale_answer_beats_none(fake, client, monkeypatch):
-    cache = ChoicesCache(ttl=0.0)
-    info = cache.object_info(client, "CheckpointLoaderSimple")
-    fake.fail_http("/object_info", status=502, times=5)
-    assert cache.object_info(client, "CheckpointLoaderSimple") == info
-
-
-def test_a_slow_failure_is_remembered_from_when_it_ended(monkeypatch):
-    """A look-up that times out after longer than FAILURE_TTL still spares the next requests."""
-    import time as time_mod
-
-    from shared.comfy import ComfyTimeoutError
-    calls = []
-
-    class Hanging:  # a client whose server accepts and never answers
-        base_url = "http://hanging"
-
-        def object_info(self, class_type):
-            calls.append(class_type)
-            time_mod.sleep(0.3)
-            raise ComfyTimeoutError("GET /object_info: no answer within 0.3s")
-
-    monkeypatch.setattr(ChoicesCache, "FAILURE_TTL", 0.2)
-    cache = ChoicesCache(ttl=300)
-    assert cache.object_info(Hanging(), "KSampler") is None
-    assert cache.object_info(Hanging(), "KSampler") is None
-    assert calls == ["KSampler"]
+@pytest.mark.parametrize("status, error", [(502, ComfyUnavailableError), (200, ComfyProtocolError)])
+def test_a_bad_object_info_answer_is_an_error(fake, client, status, error):
+    fake.fail_http("/object_info", status=status, html=True)
+    with pytest.raises(error):
+        client.object_info()

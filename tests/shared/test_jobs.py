@@ -11,7 +11,8 @@ def row(**kw):
     base = {"id": "j", "workflow": "txt2img", "status": "queued", "ahead": 0, "progress_percent": 0.0,
             "progress_node": None, "progress_value": 0, "progress_max": 0, "error_code": None,
             "error_message": None, "error_node_id": None, "error_node_type": None, "params": {},
-            "created_at": datetime(2026, 11, 25, 5, 1, 2), "started_at": None, "finished_at": None}
+            "created_at": datetime(2026, 11, 25, 5, 1, 2), "started_at": None, "finished_at": None,
+            "backend_id": None, "servers": 1, "run_seconds": None}
     base.update(kw)
     return base
 
@@ -20,15 +21,18 @@ def row(**kw):
     (row(status="queued", ahead=0), None, None, 1000),
     (row(status="queued", ahead=3), None, None, 2500),
     (row(status="queued", ahead=20), None, None, 5000),
-    (row(status="queued", ahead=1), 10.0, 20.0, 2000),
-    (row(status="submitting"), 4.0, 4.0, 1000),
+    (row(status="queued", ahead=1, backend_id=1), 10.0, 25.0, 2500),    # held: 1 ahead + itself + half a run
+    (row(status="submitting", backend_id=1), 4.0, 6.0, 1000),
+    (row(status="queued", ahead=6, servers=3), 10.0, 35.0, 4000),       # waiting: 6 ahead over 3 servers
+    (row(status="queued", ahead=6, servers=1), 10.0, 75.0, 5000),
     (row(status="running", progress_percent=75.0), 8.0, 2.0, 500),
     (row(status="succeeded"), 8.0, None, None),
     (row(status="failed"), None, None, None),
 ])
 def test_eta_and_poll(r, run, eta, poll):
-    assert eta_seconds(r, run) == eta
-    assert poll_after_ms(r, eta_seconds(r, run)) == poll
+    r = {**r, "run_seconds": run}
+    assert eta_seconds(r) == eta
+    assert poll_after_ms(r, eta_seconds(r)) == poll
 
 
 def test_submitting_is_shown_as_queued_and_running_hides_queue_position():

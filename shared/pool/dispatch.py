@@ -1,0 +1,140 @@
+"""Send waiting jobs to servers with free slots: claim in one transaction, then POST each.
+
+Anyone may dispatch: the API right after a submit (so a job goes out at once
+when a slot is free), the listener when a job of its server ends, and the
+listener's sweep as a safety net. The claim locks the serving backends' rows
+(``FOR UPDATE``, in id order) and the waiting jobs it takes (``FOR UPDATE SKIP
+LOCKED``), so concurrent dispatchers neither send one job twice nor give a
+server more than its slots. Each job goes to a capable server with a free
+slot: the one whose last job used the same model (a model switch costs seconds
+on a GPU), else the least busy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from shared import backends, jobs
+from shared.comfy import ComfyError, ComfyRejectedError, ComfyUnreachableError
+from shared.pool import capabilities, queue
+from shared.storage import StorageError
+from shared.usage import write_usage
+
+log = logging.getLogger(__name__)
+
+CAPABILITY_ERRORS = ("value_not_in_list",)
+
+
+@dataclass
+class Outcome:
+    """What became of one dispatched job: submitted, rejected (with ComfyUI's error), requeued or unclear."""
+
+    job_id: str
+    backend_url: str
+    result: str
+    error: ComfyRejectedError | None = None
+
+
+def dispatch(ctx) -> dict[str, Outcome]:
+    """Send as many waiting jobs as the servers have free slots for; return what became of each."""
+    claims = claim(ctx)
+    return {job_id: send(ctx, job_id, backend) for job_id, backend in claims}
+
+
+def claim(ctx) -> list[tuple[str, dict]]:
+    """Assign waiting jobs to capable servers with free slots, in fair order; return (job id, backend)."""
+    default_slots = ctx.config.comfyui_slots
+    with ctx.db.transaction(isolation="READ COMMITTED") as conn:
+        pool = backends.serving(conn, ctx.config.comfyui_urls, lock=True)
+        free = {b["id"]: (b["slots"] or default_slots) - b["active"] for b in pool}
+        if not any(n > 0 for n in free.values()):
+            return []
+        caps = backends.capabilities(conn, pool, ctx.capabilities_cache)
+        claims = []
+        for job in queue.waiting(conn, lock=True):
+            able = [b for b in pool if free[b["id"]] > 0 and capabilities.can_run(job["needs"], caps.get(b["id"]))]
+            if not able:
+                if not any(n > 0 for n in free.values()):
+                    break
+                continue  # no free server can run this one: the next may run elsewhere
+            best = min(able, key=lambda b: (job["model"] is not None and b["last_model"] != job["model"],
+                                            b["active"] / (b["slots"] or default_slots), b["id"]))
+            if queue.claim(conn, job, best):
+                free[best["id"]] -= 1
+                best["active"] += 1
+                if job["model"] is not None and best["last_model"] != job["model"]:
+                    best["last_model"] = job["model"]
+                    backends.set_last_model(conn, best["id"], job["model"])
+                claims.append((job["id"], best))
+    return claims
+
+
+def send(ctx, job_id: str, backend: dict) -> Outcome:
+    """POST a claimed job (and its input images) to its server and record what happened."""
+    url = backend["url"]
+    with ctx.db.connection() as conn:
+        job = jobs.get_job(conn, job_id)
+    if job is None or job["status"] != "submitting" or job["backend_id"] != backend["id"]:
+        return Outcome(job_id, url, "moved")
+    comfy = ctx.comfy(url)
+    try:
+        for spec in (job.get("inputs") or {}).values():
+            with ctx.store.open(spec["key"]) as f:
+                comfy.upload_image(spec["file"], f, spec["content_type"])
+        number = comfy.submit(job["prompt"], client_id=backend["client_id"], prompt_id=job_id)
+    except ComfyRejectedError as e:
+        if _capability_refusal(e):
+            # The server no longer offers what its stored capabilities said: read them again, run elsewhere.
+            log.warning("job %s: %s refused a value it was thought to offer (%s); requeued", job_id, url, e)
+            with ctx.db.transaction() as conn:
+                backends.forget_capabilities(conn, backend["id"])
+                queue.requeue(conn, job_id, backend["id"])
+            return Outcome(job_id, url, "requeued")
+        log.info("job %s: ComfyUI rejected the prompt: %s", job_id, e)
+        with ctx.db.transaction() as conn:
+            jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}")
+            write_usage(conn, job_id, url)
+        return Outcome(job_id, url, "rejected", e)
+    except ComfyUnreachableError as e:
+        # Nothing was sent: back to the queue (the listener notices the server is gone).
+        log.warning("job %s: %s unreachable (%s); requeued", job_id, url, e)
+        with ctx.db.transaction() as conn:
+            queue.requeue(conn, job_id, backend["id"])
+        return Outcome(job_id, url, "requeued")
+    except (ComfyError, StorageError, OSError) as e:
+        # A read timeout, a reset, a proxy's 5xx, a garbled answer: ComfyUI may have queued it. The row
+        # stays 'submitting'; the listener's reconciliation asks ComfyUI and settles it.
+        log.warning("job %s: POST /prompt on %s ended unclear (%s); left for reconciliation", job_id, url, e)
+        return Outcome(job_id, url, "unclear")
+    with ctx.db.connection() as conn:
+        jobs.mark_submitted(conn, job_id, number)
+    log.info("job %s: sent to %s as number %s", job_id, url, number)
+    return Outcome(job_id, url, "submitted")
+
+
+def _capability_refusal(e: ComfyRejectedError) -> bool:
+    """A refusal for a missing node class or a value the server does not offer (not the workflow's fault)."""
+    error = e.error if isinstance(e.error, dict) else {}
+    if error.get("type") in ("invalid_prompt", "missing_node_type") and "does not exist" in str(error.get("message")):
+        return True
+    for node in (e.node_errors or {}).values():
+        for err in (node or {}).get("errors", []) if isinstance(node, dict) else []:
+            if isinstance(err, dict) and err.get("type") in CAPABILITY_ERRORS:
+                return True
+    return False
+
+
+def sweep(ctx) -> dict[str, Outcome]:
+    """The safety net: fail waiting jobs past QUEUE_TIMEOUT_S, repair the fair ranks, dispatch."""
+    limit = ctx.config.queue_timeout_s
+    with ctx.db.connection() as conn:
+        expired = queue.expired(conn, limit)
+    for job_id in expired:
+        with ctx.db.transaction() as conn:
+            if queue.expire(conn, job_id, f"the job waited in the queue longer than {limit:.0f}s"):
+                write_usage(conn, job_id, "")
+                log.warning("job %s: waited in the gateway queue longer than %.0fs", job_id, limit)
+    with ctx.db.connection() as conn:
+        queue.renumber_all(conn)
+    return dispatch(ctx)

@@ -1,0 +1,116 @@
+"""The gateway queue: jobs waiting in MySQL for a server, in a fair order.
+
+A waiting job is ``status='queued'`` with no ``backend_id``. The order is
+``(fair_rank, created_at, id)`` where ``fair_rank`` is how many of the same
+user's waiting jobs are older: a user's k-th waiting job goes after every
+other user's (k-1)-th, then by submit time. When one of a user's jobs leaves
+the queue the user's ranks are numbered again, so their next job moves up;
+a user's oldest waiting job (rank 0) only ever has older rank-0 jobs ahead of
+it, so it never moves back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from shared.db import execute, query, query_one, utcnow
+
+log = logging.getLogger(__name__)
+
+WAITING = "status='queued' AND backend_id IS NULL"
+
+
+def enqueue(conn, *, job_id: str, user_id: str, workflow: str, params: dict, prompt: dict, needs: dict,
+            model: str | None, inputs: dict | None, servers: int, idempotency_key: str | None = None,
+            request_hash: str | None = None) -> None:
+    """Write a job that waits in the gateway queue (call with the user's row locked)."""
+    rank = query_one(conn, f"SELECT COUNT(*) AS n FROM jobs WHERE user_id=%s AND {WAITING}", (user_id,))["n"]
+    now = utcnow()
+    execute(conn, """INSERT INTO jobs (id, user_id, backend_id, workflow, params, prompt, status, fair_rank, needs,
+                     model, inputs, servers, idempotency_key, request_hash, created_at, updated_at)
+                     VALUES (%s, %s, NULL, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (job_id, user_id, workflow, json.dumps(params), json.dumps(prompt), rank, json.dumps(needs), model,
+             json.dumps(inputs) if inputs else None, max(servers, 1), idempotency_key, request_hash, now, now))
+
+
+def waiting(conn, *, limit: int = 200, lock: bool = False) -> list[dict]:
+    """The first waiting jobs in fair order (``lock``: claim-able rows only, locked, skipping locked ones)."""
+    rows = query(conn, f"""SELECT id, user_id, needs, model, fair_rank, submit_attempts FROM jobs
+                           WHERE {WAITING} AND cancel_requested=0 ORDER BY fair_rank, created_at, id LIMIT %s"""
+                 + (" FOR UPDATE SKIP LOCKED" if lock else ""), (limit,))
+    for r in rows:
+        r["needs"] = json.loads(r["needs"]) if r["needs"] else {"classes": [], "values": {}}
+    return rows
+
+
+def renumber(conn, user_id: str) -> None:
+    """Number a user's waiting jobs 0, 1, 2... by age (after one of them left or came back)."""
+    rows = query(conn, f"SELECT id, fair_rank FROM jobs WHERE user_id=%s AND {WAITING} ORDER BY created_at, id",
+                 (user_id,))
+    for rank, row in enumerate(rows):
+        if row["fair_rank"] != rank:
+            execute(conn, f"UPDATE jobs SET fair_rank=%s WHERE id=%s AND {WAITING}", (rank, row["id"]))
+
+
+def renumber_all(conn) -> int:
+    """Repair every user's ranks at once (a safety net: concurrent submits and claims can leave a gap)."""
+    return execute(conn, f"""UPDATE jobs j JOIN (
+                               SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at, id) - 1 AS r
+                               FROM jobs WHERE {WAITING}) x ON x.id=j.id
+                             SET j.fair_rank=x.r
+                             WHERE j.status='queued' AND j.backend_id IS NULL AND j.fair_rank<>x.r""")
+
+
+def claim(conn, job: dict, backend: dict) -> bool:
+    """Take a waiting job for a server (its POST /prompt follows); False if it is no longer waiting."""
+    if execute(conn, f"""UPDATE jobs SET status='submitting', backend_id=%s, client_id=%s,
+                         submit_attempts=submit_attempts+1, version=version+1, updated_at=%s
+                         WHERE id=%s AND {WAITING} AND cancel_requested=0""",
+               (backend["id"], backend["client_id"], utcnow(), job["id"])) != 1:
+        return False
+    renumber(conn, job["user_id"])
+    return True
+
+
+def requeue(conn, job_id: str, backend_id: int, *, lost: bool = False) -> bool:
+    """Put a job back in the gateway queue from the server that held it (``lost``: it had started there).
+
+    It keeps its age, so it goes back ahead of its user's younger jobs. False if it moved on meanwhile.
+    """
+    row = query_one(conn, "SELECT user_id FROM jobs WHERE id=%s", (job_id,))
+    if row is None or execute(conn, """UPDATE jobs SET status='queued', backend_id=NULL, client_id=NULL, number=NULL,
+                                       started_at=NULL, progress_percent=0, progress_node=NULL, progress_value=0,
+                                       progress_max=0, nodes_done=0, preview_key=NULL,
+                                       lost_retries=lost_retries+%s, version=version+1, updated_at=%s
+                                       WHERE id=%s AND backend_id=%s AND status IN ('submitting','queued','running')
+                                       AND cancel_requested=0""",
+                              (1 if lost else 0, utcnow(), job_id, backend_id)) != 1:
+        return False
+    renumber(conn, row["user_id"])
+    return True
+
+
+def left(conn, job_id: str) -> None:
+    """A waiting job ended (cancelled, timed out): number its user's other waiting jobs again."""
+    row = query_one(conn, "SELECT user_id FROM jobs WHERE id=%s", (job_id,))
+    if row:
+        renumber(conn, row["user_id"])
+
+
+def expired(conn, queue_timeout_s: float) -> list[str]:
+    """Waiting jobs older than the queue limit."""
+    limit = utcnow() - timedelta(seconds=queue_timeout_s)  # created_at is written on this clock too
+    return [r["id"] for r in query(conn, f"SELECT id FROM jobs WHERE {WAITING} AND created_at < %s", (limit,))]
+
+
+def expire(conn, job_id: str, message: str) -> bool:
+    """Fail a job still waiting in the gateway queue with ``timeout``; False if it left the queue meanwhile."""
+    now = utcnow()
+    if execute(conn, f"""UPDATE jobs SET status='failed', error_code='timeout', error_message=%s, finished_at=%s,
+                         version=version+1, updated_at=%s WHERE id=%s AND {WAITING}""",
+               (message, now, now, job_id)) != 1:
+        return False
+    left(conn, job_id)
+    return True
