@@ -37,7 +37,7 @@ from shared import backends, jobs
 from shared.comfy import ComfyError, ws_url
 from shared.errors import DatabaseUnavailableError
 from shared.pool import capabilities
-from shared.pool.dispatch import sweep
+from shared.pool.dispatch import dispatch, sweep
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ FINALIZE_THREADS = 4  # per backend
 FIRST_DELAY_S = 0.5   # the reconnect backoff starts here and doubles up to RECONNECT_MAX_S
 STABLE_S = 5.0        # a connection up this long counts as established: the backoff starts over
 REQUEUE_SETTLE_S = 3.0  # a job missing from a reachable server's queue and history this long goes back to the queue
+RELEASE_AFTER_S = 5.0   # a server unreachable (socket and HTTP) this long has its held jobs sent elsewhere
 
 
 class LeaseLostError(Exception):
@@ -112,7 +113,8 @@ class BackendWorker(threading.Thread):
                 self._disconnect()
             if not self.stopping.is_set():
                 self.stats["reconnects"] += 1
-                self.stopping.wait(self.backoff)
+                # Until its jobs are released, look again often enough to release them in time.
+                self.stopping.wait(self.backoff if self.released else min(self.backoff, RELEASE_AFTER_S / 2))
                 self.backoff = min(self.backoff * 2, self.cfg.reconnect_max_s)
         self._release()
 
@@ -145,6 +147,7 @@ class BackendWorker(threading.Thread):
             except Exception:
                 pass
         if self.client_id and self.backend_id is not None:
+            self.unreachable_since = time.monotonic()  # until a reconnect succeeds (a reconnect may take a while)
             try:
                 with self.ctx.db.connection() as conn:
                     backends.set_connected(conn, self.backend_id, self.owner, None)
@@ -170,7 +173,7 @@ class BackendWorker(threading.Thread):
         self._reconcile()
         self.ws.settimeout(0.5)
         now = time.monotonic()
-        connected_at = last_frame = last_sweep = now
+        connected_at = last_frame = now
         # Jobs found missing on connect (the server restarted) are looked at again once they have settled.
         last_reconcile = now - self.cfg.reconcile_interval_s + REQUEUE_SETTLE_S if self._missing else now
         while not self.stopping.is_set():
@@ -208,9 +211,7 @@ class BackendWorker(threading.Thread):
                 last_reconcile = now
                 if self._missing:  # settle them as soon as they may be judged
                     last_reconcile = now - self.cfg.reconcile_interval_s + REQUEUE_SETTLE_S
-            if now - last_sweep >= self.cfg.dispatch_sweep_s:
-                self.kick_dispatch()
-                last_sweep = now
+
             if now - last_frame >= self.cfg.watchdog_s and self._has_running_work():
                 raise websocket.WebSocketTimeoutException(f"no frame for {self.cfg.watchdog_s:.0f}s while busy")
 
@@ -276,12 +277,14 @@ class BackendWorker(threading.Thread):
                 self.unreachable_since = None  # HTTP answers: the grace starts over when it stops answering
                 self._reconcile()
                 return
-            if not self.released:
-                # Gone: what it held runs elsewhere (prompts it still has are taken off if it comes back).
+            unreachable_s = time.monotonic() - (self.unreachable_since or time.monotonic())
+            if not self.released and unreachable_s >= RELEASE_AFTER_S:
+                # Gone, not a blip: what it held runs elsewhere (prompts it still has are taken off if it
+                # comes back, and a run that finished there anyway is not recorded).
                 self.released = True
                 if release_held(self.ctx, {"id": self.backend_id, "url": self.url}):
                     self.kick_dispatch()
-            if time.monotonic() - (self.unreachable_since or time.monotonic()) >= self.cfg.watchdog_s:
+            if unreachable_s >= self.cfg.watchdog_s:
                 self._enforce_timeouts(None)
         except LeaseLostError:
             self.unreachable_since = None
@@ -344,7 +347,7 @@ class BackendWorker(threading.Thread):
     def _run_dispatch(self) -> None:
         while True:
             try:
-                self.stats["dispatches"] += len(sweep(self.ctx))
+                self.stats["dispatches"] += len(dispatch(self.ctx))
             except Exception as e:
                 log.warning("%s: dispatch failed: %s (the next pass retries)", self.url, e)
             with self._dispatch_lock:
@@ -365,13 +368,26 @@ class Listener:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
         self.workers = [BackendWorker(ctx, url, self.owner, self.stop_event) for url in ctx.config.comfyui_urls]
+        self.sweeper = threading.Thread(target=self._sweep, name="gateway queue sweep", daemon=True)
 
     def start(self) -> None:
         for w in self.workers:
             w.start()
+        self.sweeper.start()
+
+    def _sweep(self) -> None:
+        """Every DISPATCH_SWEEP_S: time out jobs waiting too long, repair fair ranks, dispatch (a safety net:
+        jobs normally go out at submit or when a slot frees). Runs whether or not any server is connected."""
+        while not self.stop_event.wait(self.ctx.config.dispatch_sweep_s):
+            try:
+                sweep(self.ctx)
+            except Exception as e:
+                log.warning("gateway queue sweep failed: %s (the next one retries)", e)
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
+        if self.sweeper.ident is not None:
+            self.sweeper.join(timeout)
         for w in self.workers:
             w.join(timeout)
         for w in self.workers:

@@ -44,19 +44,27 @@ def test_silent_socket_is_replaced_by_the_watchdog(harness_factory, fake):
 
 # 2. Reconciliation after a ComfyUI restart ---------------------------------------------------
 
-def test_restart_resubmits_never_started_jobs_and_fails_started_ones(harness, fake):
+@pytest.mark.parametrize("retries", [0, 1])
+def test_restart_requeues_never_started_jobs_and_retries_started_ones(harness_factory, fake, retries):
+    """LOST_JOB_RETRIES=0: the running job fails backend_lost; 1 (the default): it runs again."""
+    harness = harness_factory(fake, LOST_JOB_RETRIES=str(retries))
+    harness.start_listener()
     running = harness.submit(txt2img(seed=21, steps=60))
     wait_for(lambda: harness.job(running)["status"] == "running", 10, "never ran")
     queued = harness.submit(txt2img(seed=22))
     fake.restart(downtime=0.3)
     lost = harness.wait_final(running)
-    assert lost["status"] == "failed" and lost["error_code"] == "backend_lost"
+    if retries:
+        assert lost["status"] == "succeeded" and lost["lost_retries"] == 1
+    else:
+        assert lost["status"] == "failed" and lost["error_code"] == "backend_lost"
     again = harness.wait_final(queued)
-    assert again["status"] == "succeeded" and again["submit_attempts"] == 2
+    assert again["status"] == "succeeded" and again["submit_attempts"] == 2 and again["lost_retries"] == 0
     assert [p["prompt_id"] for p in fake.prompts].count(queued) == 2  # once before, once after the restart
     rows = harness.sql("SELECT COUNT(*) AS n FROM jobs WHERE user_id=%s", (harness.user,))
     assert rows[0]["n"] == 2  # no second job for the user
     assert len(harness.usage(running)) == 1 and len(harness.usage(queued)) == 1
+    assert fake.refusals == 0
 
 
 # 3. The history race -------------------------------------------------------------------------

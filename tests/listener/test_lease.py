@@ -32,8 +32,9 @@ def test_a_slow_clock_still_renews_a_lease_that_holds(db_conn, monkeypatch):
     assert backends.set_connected(db_conn, backend_id, "a", "client-a")
     monkeypatch.undo()
     assert not backends.acquire_lease(db_conn, backend_id, "b", 10)
-    assert backends.pick_backend(db_conn, [URL])["client_id"] == "client-a"
-    assert backends.list_backends(db_conn, [URL])[0]["listener_connected"]
+    assert backends.get_backend(db_conn, backend_id)["client_id"] == "client-a"
+    [seen] = backends.pool_status(db_conn, [URL], default_slots=2, lease_s=10)
+    assert seen["listener_connected"] and seen["owner"] == "a" and seen["state"] == "connected"
 
 
 def test_an_expired_lease_is_taken_over(db_conn):
@@ -42,7 +43,8 @@ def test_an_expired_lease_is_taken_over(db_conn):
     assert not backends.acquire_lease(db_conn, backend_id, "b", 10)
     wait_for(lambda: backends.acquire_lease(db_conn, backend_id, "b", 10), 5, "the expired lease was not taken")
     assert not backends.acquire_lease(db_conn, backend_id, "a", 10)
-    assert backends.pick_backend(db_conn, [URL]) is None  # b owns it but has no socket yet
+    [seen] = backends.pool_status(db_conn, [URL], default_slots=2, lease_s=10)
+    assert seen["owner"] == "b" and seen["state"] == "down"  # b owns it but has no socket yet
 
 
 def test_renewing_our_own_lease_twice_in_a_millisecond_is_not_a_loss(db_conn):

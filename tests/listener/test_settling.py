@@ -11,10 +11,11 @@ import uuid
 import requests
 
 from listener.connection import FINALIZE_THREADS, FIRST_DELAY_S, Listener
-from listener.reconcile import claim_resubmit, enforce_timeouts
+from listener.reconcile import enforce_timeouts
 from shared import backends, jobs
 from shared.config import PROJECT_ROOT
 from shared.db import connect, execute, utcnow
+from shared.pool import queue
 from shared.usage import write_usage
 from tests.fakes.comfyui import FakeComfy
 from tests.listener.conftest import txt2img
@@ -192,8 +193,9 @@ def test_a_transient_history_error_never_fails_a_job_that_succeeded(harness_fact
         assert (job["status"], job["error_code"]) == ("succeeded", None)
 
 
-def test_a_lost_job_waits_for_a_socket_to_be_resubmitted_under(harness_factory, fake):
-    """ComfyUI restarted (queue lost) and its WebSocket is refused while HTTP answers: no backend_lost."""
+def test_a_lost_job_waits_in_the_gateway_queue_while_its_server_has_no_socket(harness_factory, fake):
+    """ComfyUI restarted (queue lost) and its WebSocket is refused while HTTP answers: the job goes back
+    to the gateway queue (no backend_lost) and runs once the server takes jobs again."""
     h = harness_factory(fake, HISTORY_RETRY_S="1", RECONNECT_MAX_S="0.5")
     h.start_listener()
     fake.pause()
@@ -202,7 +204,8 @@ def test_a_lost_job_waits_for_a_socket_to_be_resubmitted_under(harness_factory, 
     fake.restart()
     wait_for(lambda: not h.backend(fake.base_url)["connected"], 10, "the socket stayed up")
     time.sleep(3)  # several reconciliations over HTTP, past the history grace
-    assert h.job(job_id)["status"] in ("submitting", "queued")
+    job = h.job(job_id)
+    assert (job["status"], job["backend_id"]) == ("queued", None)  # waiting: no server takes jobs without a socket
     fake._call(lambda server: server.fail_rules.clear())
     fake.resume()
     job = h.wait_final(job_id, 20)
@@ -342,18 +345,18 @@ def test_an_event_that_cannot_be_applied_costs_the_event_not_the_socket(harness_
 
 # 8. Cancels racing submissions ---------------------------------------------------------------------------------
 
-def test_resubmission_is_not_claimed_once_a_cancel_is_asked(harness_factory, fake):
+def test_a_job_is_not_requeued_once_a_cancel_is_asked(harness_factory, fake):
     h = harness_factory(fake)
     job_id = old_job(h, fake, 222, send=False)
     conn = connect(h.database_url)
     try:
         seen = jobs.get_job(conn, job_id)  # what a reconcile pass read before the cancel landed
         execute(conn, "UPDATE jobs SET cancel_requested=1 WHERE id=%s", (job_id,))
-        assert not claim_resubmit(conn, seen, "a-new-socket")
+        assert not queue.requeue(conn, job_id, seen["backend_id"])
     finally:
         conn.close()
     job = h.job(job_id)
-    assert (job["client_id"], job["submit_attempts"]) == (OLD_CLIENT, 1)
+    assert (job["client_id"], job["backend_id"], job["status"]) == (OLD_CLIENT, seen["backend_id"], "submitting")
 
 
 def test_prompt_of_an_already_cancelled_job_is_interrupted_when_it_starts(harness_factory):
