@@ -376,7 +376,7 @@ class Listener:
         self.sweeper.start()
 
     def _sweep(self) -> None:
-        """Every DISPATCH_SWEEP_S: time out jobs waiting too long, repair fair ranks, dispatch (a safety net:
+        """Every DISPATCH_SWEEP_S: time out jobs waiting too long, then dispatch (a safety net:
         jobs normally go out at submit or when a slot frees). Runs whether or not any server is connected."""
         while not self.stop_event.wait(self.ctx.config.dispatch_sweep_s):
             try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 from shared import backends, jobs
-from shared.pool import queue
 from shared.comfy import ComfyError
 from shared.db import execute, utcnow
 from shared.errors import BackendUnavailableError, ConflictError
@@ -42,7 +41,6 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
         # Still in the gateway queue: no server has heard of it.
         with ctx.db.transaction() as conn:
             jobs.mark_cancelled(conn, job_id)
-            queue.left(conn, job_id)
             write_usage(conn, job_id, "")
     else:
         comfy = ctx.comfy(backend["url"])

@@ -126,7 +126,7 @@ def _capability_refusal(e: ComfyRejectedError) -> bool:
 
 
 def sweep(ctx) -> dict[str, Outcome]:
-    """The safety net: fail waiting jobs past QUEUE_TIMEOUT_S, repair the fair ranks, dispatch."""
+    """The safety net: fail waiting jobs past QUEUE_TIMEOUT_S, then dispatch."""
     limit = ctx.config.queue_timeout_s
     with ctx.db.connection() as conn:
         expired = queue.expired(conn, limit)
@@ -135,6 +135,4 @@ def sweep(ctx) -> dict[str, Outcome]:
             if queue.expire(conn, job_id, f"the job waited in the queue longer than {limit:.0f}s"):
                 write_usage(conn, job_id, "")
                 log.warning("job %s: waited in the gateway queue longer than %.0fs", job_id, limit)
-    with ctx.db.connection() as conn:
-        queue.renumber_all(conn)
     return dispatch(ctx)

@@ -1,12 +1,17 @@
 """The gateway queue: jobs waiting in MySQL for a server, in a fair order.
 
-A waiting job is ``status='queued'`` with no ``backend_id``. The order is
-``(fair_rank, created_at, id)`` where ``fair_rank`` is how many of the same
-user's waiting jobs are older: a user's k-th waiting job goes after every
-other user's (k-1)-th, then by submit time. When one of a user's jobs leaves
-the queue the user's ranks are numbered again, so their next job moves up;
-a user's oldest waiting job (rank 0) only ever has older rank-0 jobs ahead of
-it, so it never moves back.
+A waiting job is ``status='queued'`` with no ``backend_id``. Waiting jobs are
+served in rounds, ordered by ``(fair_rank, created_at, id)`` where
+``fair_rank`` is the job's round, fixed at submit:
+
+    round = max(the user's last waiting round + 1, the current round)
+
+and the current round is the latest round in which some user's oldest waiting
+job stands. So a user's k-th waiting job goes after every other user's
+(k-1)-th; a newcomer joins at the end of the current round, never ahead of a
+user's oldest waiting job; and since rounds never change once given, a job
+leaving the queue moves nobody back. A job whose server lost it goes back
+with its old round (ahead of its user's younger jobs).
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ WAITING = "status='queued' AND backend_id IS NULL"
 def enqueue(conn, *, job_id: str, user_id: str, workflow: str, params: dict, prompt: dict, needs: dict,
             model: str | None, inputs: dict | None, servers: int, idempotency_key: str | None = None,
             request_hash: str | None = None) -> None:
-    """Write a job that waits in the gateway queue (call with the user's row locked)."""
-    rank = query_one(conn, f"SELECT COUNT(*) AS n FROM jobs WHERE user_id=%s AND {WAITING}", (user_id,))["n"]
+    """Write a job that waits in the gateway queue, in its round (call with the user's row locked)."""
+    row = query_one(conn, f"""SELECT (SELECT MAX(fair_rank) FROM jobs WHERE user_id=%s AND {WAITING}) AS mine,
+                                     (SELECT MAX(oldest) FROM (SELECT MIN(fair_rank) AS oldest FROM jobs
+                                        WHERE {WAITING} GROUP BY user_id) o) AS current""", (user_id,))
+    rank = max(-1 if row["mine"] is None else row["mine"] + 1, row["current"] or 0)
     now = utcnow()
     execute(conn, """INSERT INTO jobs (id, user_id, backend_id, workflow, params, prompt, status, fair_rank, needs,
                      model, inputs, servers, idempotency_key, request_hash, created_at, updated_at)
@@ -45,58 +53,26 @@ def waiting(conn, *, limit: int = 200, lock: bool = False) -> list[dict]:
     return rows
 
 
-def renumber(conn, user_id: str) -> None:
-    """Number a user's waiting jobs 0, 1, 2... by age (after one of them left or came back)."""
-    rows = query(conn, f"SELECT id, fair_rank FROM jobs WHERE user_id=%s AND {WAITING} ORDER BY created_at, id",
-                 (user_id,))
-    for rank, row in enumerate(rows):
-        if row["fair_rank"] != rank:
-            execute(conn, f"UPDATE jobs SET fair_rank=%s WHERE id=%s AND {WAITING}", (rank, row["id"]))
-
-
-def renumber_all(conn) -> int:
-    """Repair every user's ranks at once (a safety net: concurrent submits and claims can leave a gap)."""
-    return execute(conn, f"""UPDATE jobs j JOIN (
-                               SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY created_at, id) - 1 AS r
-                               FROM jobs WHERE {WAITING}) x ON x.id=j.id
-                             SET j.fair_rank=x.r
-                             WHERE j.status='queued' AND j.backend_id IS NULL AND j.fair_rank<>x.r""")
-
-
 def claim(conn, job: dict, backend: dict) -> bool:
     """Take a waiting job for a server (its POST /prompt follows); False if it is no longer waiting."""
-    if execute(conn, f"""UPDATE jobs SET status='submitting', backend_id=%s, client_id=%s,
-                         submit_attempts=submit_attempts+1, version=version+1, updated_at=%s
-                         WHERE id=%s AND {WAITING} AND cancel_requested=0""",
-               (backend["id"], backend["client_id"], utcnow(), job["id"])) != 1:
-        return False
-    renumber(conn, job["user_id"])
-    return True
+    return execute(conn, f"""UPDATE jobs SET status='submitting', backend_id=%s, client_id=%s,
+                              submit_attempts=submit_attempts+1, version=version+1, updated_at=%s
+                              WHERE id=%s AND {WAITING} AND cancel_requested=0""",
+                   (backend["id"], backend["client_id"], utcnow(), job["id"])) == 1
 
 
 def requeue(conn, job_id: str, backend_id: int, *, lost: bool = False) -> bool:
     """Put a job back in the gateway queue from the server that held it (``lost``: it had started there).
 
-    It keeps its age, so it goes back ahead of its user's younger jobs. False if it moved on meanwhile.
+    It keeps its round and age, so it goes back ahead of its user's younger jobs. False if it moved on meanwhile.
     """
-    row = query_one(conn, "SELECT user_id FROM jobs WHERE id=%s", (job_id,))
-    if row is None or execute(conn, """UPDATE jobs SET status='queued', backend_id=NULL, client_id=NULL, number=NULL,
-                                       started_at=NULL, progress_percent=0, progress_node=NULL, progress_value=0,
-                                       progress_max=0, nodes_done=0, preview_key=NULL,
-                                       lost_retries=lost_retries+%s, version=version+1, updated_at=%s
-                                       WHERE id=%s AND backend_id=%s AND status IN ('submitting','queued','running')
-                                       AND cancel_requested=0""",
-                              (1 if lost else 0, utcnow(), job_id, backend_id)) != 1:
-        return False
-    renumber(conn, row["user_id"])
-    return True
-
-
-def left(conn, job_id: str) -> None:
-    """A waiting job ended (cancelled, timed out): number its user's other waiting jobs again."""
-    row = query_one(conn, "SELECT user_id FROM jobs WHERE id=%s", (job_id,))
-    if row:
-        renumber(conn, row["user_id"])
+    return execute(conn, """UPDATE jobs SET status='queued', backend_id=NULL, client_id=NULL, number=NULL,
+                            started_at=NULL, progress_percent=0, progress_node=NULL, progress_value=0,
+                            progress_max=0, nodes_done=0, preview_key=NULL,
+                            lost_retries=lost_retries+%s, version=version+1, updated_at=%s
+                            WHERE id=%s AND backend_id=%s AND status IN ('submitting','queued','running')
+                            AND cancel_requested=0""",
+                   (1 if lost else 0, utcnow(), job_id, backend_id)) == 1
 
 
 def expired(conn, queue_timeout_s: float) -> list[str]:
@@ -108,9 +84,6 @@ def expired(conn, queue_timeout_s: float) -> list[str]:
 def expire(conn, job_id: str, message: str) -> bool:
     """Fail a job still waiting in the gateway queue with ``timeout``; False if it left the queue meanwhile."""
     now = utcnow()
-    if execute(conn, f"""UPDATE jobs SET status='failed', error_code='timeout', error_message=%s, finished_at=%s,
-                         version=version+1, updated_at=%s WHERE id=%s AND {WAITING}""",
-               (message, now, now, job_id)) != 1:
-        return False
-    left(conn, job_id)
-    return True
+    return execute(conn, f"""UPDATE jobs SET status='failed', error_code='timeout', error_message=%s, finished_at=%s,
+                              version=version+1, updated_at=%s WHERE id=%s AND {WAITING}""",
+                   (message, now, now, job_id)) == 1
