@@ -2,9 +2,9 @@
 --
 -- A job waits in the gateway queue (status 'queued', backend_id NULL) until a server that can
 -- run it has a free slot; then it is claimed for that server ('submitting', backend_id set) and
--- sent. Waiting jobs are ordered by (fair_rank, created_at, id): fair_rank is how many of the
--- same user's jobs wait before it, so a user's k-th waiting job goes after every other user's
--- (k-1)-th.
+-- sent. Waiting jobs are ordered by (fair_rank, created_at, id): fair_rank is the job's round,
+-- fixed at submit (shared/pool/queue.py), so a user's k-th waiting job goes after every other
+-- user's (k-1)-th.
 ALTER TABLE jobs
     ADD COLUMN fair_rank     INT          NOT NULL DEFAULT 0,
     ADD COLUMN needs         JSON         NULL,              -- node classes and chosen values it needs
