@@ -1,14 +1,19 @@
 """Status-poll throughput and latency through gunicorn, and the listener's event rate.
 
-    .venv/bin/python bench/bench_api.py [--seconds 5] [--clients 16]
+    .venv/bin/python bench/bench_api.py [--seconds 5] [--clients 16] [--baseline REV | --no-baseline]
 
 Part 1 starts `gateway serve` (real gunicorn, 2 workers, real MariaDB: TEST_DATABASE_URL or
 127.0.0.1:3306, else a private server) with 1,000 jobs in the table and polls
 `GET /v1/jobs/{id}` from --clients threads for --seconds, half of the polls
-with `If-None-Match` (the 304 path apps use). Part 2 feeds the recorded frames
-of transcript 01 through the parser and the tracker (progress coalescing on)
-and prints frames per second. Numbers are for this machine; compare runs, not
-machines.
+with `If-None-Match` (the 304 path apps use): once with the jobs held by a
+server (ComfyUI's queue), once with the jobs waiting in the gateway queue (the
+fair-order count). Part 2 feeds the recorded frames of transcript 01 through
+the parser and prints frames per second.
+
+The baseline: the same script of commit REV (default f08a386, the release
+before the gateway queue), run from a temporary git worktree in the same run,
+so both numbers come from the same machine at the same time. Numbers are for
+this machine; compare runs, not machines.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +35,7 @@ import requests  # noqa: E402
 
 from shared import jobs  # noqa: E402
 from shared.config import Config  # noqa: E402
-from shared.db import connect  # noqa: E402
+from shared.db import connect, execute  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from shared.tokens import issue_token  # noqa: E402
 from shared.users import get_or_create_user  # noqa: E402
@@ -38,7 +44,7 @@ from tests.stack import database_server, start_api  # noqa: E402
 SECRET = "bench-secret-key-0123456789abcdef"
 
 
-def bench_polls(args) -> None:
+def bench_polls(args, *, waiting: bool = False) -> None:
     server, local = database_server(None, Path(tempfile.mkdtemp()) / "mysql")
     name = f"gw_bench_{uuid.uuid4().hex[:8]}"
     admin = connect(server, database=False)
@@ -52,10 +58,18 @@ def bench_polls(args) -> None:
         ids = []
         for n in range(1000):
             job_id = str(uuid.uuid4())
-            jobs.create_job(conn, job_id=job_id, user_id=user, workflow="txt2img", params={"prompt": "x"},
-                            prompt={}, backend_id=1, client_id="c")
-            jobs.mark_submitted(conn, job_id, n)
+            if waiting:  # 1,000 users with one job each in the gateway queue, and a mean run time to estimate from
+                from shared.pool import queue
+                queue.enqueue(conn, job_id=job_id, user_id=f"u{n}", workflow="txt2img", params={"prompt": "x"},
+                              prompt={}, needs={"classes": [], "values": {}}, model=None, inputs=None, servers=2)
+                execute(conn, "UPDATE jobs SET user_id=%s WHERE id=%s", (user, job_id))
+            else:
+                jobs.create_job(conn, job_id=job_id, user_id=user, workflow="txt2img", params={"prompt": "x"},
+                                prompt={}, backend_id=1, client_id="c")
+                jobs.mark_submitted(conn, job_id, n)
             ids.append(job_id)
+        if waiting:
+            jobs.record_run_time(conn, "txt2img", 8.0)
         conn.close()
         cfg = Config.from_env({"DATABASE_URL": f"mysql://{url.user}:{url.password}@{url.host}:{url.port}/{name}",
                                "SECRET_KEY": SECRET, "STORAGE_URL": (tmp / "s").as_uri(), "STATE_DIR": str(tmp)})
@@ -94,7 +108,8 @@ def bench_polls(args) -> None:
             elapsed = time.monotonic() - t0
             latencies.sort()
             q = statistics.quantiles(latencies, n=100)
-            print(f"status poll via gunicorn (2 workers x 8 threads, {args.clients} clients): "
+            print(f"status poll via gunicorn (2 workers x 8 threads, {args.clients} clients"
+                  f"{', 1,000 jobs in the gateway queue' if waiting else ''}): "
                   f"{len(latencies) / elapsed:.0f} req/s, p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
                   f"codes {dict(sorted(codes.items()))}")
         finally:
@@ -122,13 +137,35 @@ def bench_parser() -> None:
     print(f"frame parser: {n / (time.perf_counter() - t):,.0f} frames/s (transcript 01 mix + a 40 KB preview)")
 
 
+def baseline(args) -> None:
+    """Run this script as it was at --baseline, from a temporary worktree, and print its lines marked."""
+    root = Path(__file__).resolve().parent.parent
+    tree = Path(tempfile.mkdtemp()) / "baseline"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(tree), args.baseline], check=True)
+    try:
+        out = subprocess.run([sys.executable, str(tree / "bench" / "bench_api.py"), "--seconds", str(args.seconds),
+                              "--clients", str(args.clients)], cwd=tree, capture_output=True, text=True, timeout=600)
+        for line in (out.stdout + out.stderr).splitlines():
+            if line.startswith(("status poll", "frame parser")):
+                print(f"  baseline {args.baseline}: {line}")
+        if out.returncode:
+            print(f"  baseline {args.baseline} failed:\n{out.stderr[-2000:]}")
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--baseline", default="f08a386", help="git revision to measure alongside (default f08a386)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=None)
     args = parser.parse_args()
     bench_parser()
     bench_polls(args)
+    bench_polls(args, waiting=True)
+    if args.baseline:
+        baseline(args)
 
 
 if __name__ == "__main__":

@@ -575,7 +575,7 @@ def test_shipped_workflows_validate():
     from shared.workflows import load_workflows
     workflows, problems = load_workflows(ROOT / "workflows")
     assert workflows and not problems
-    body = {"workflows": [wf.public(lambda cls, name: ["a.safetensors", "b.safetensors"])
+    body = {"workflows": [{**wf.public(lambda cls, name: ["a.safetensors", "b.safetensors"]), "available": True}
                           for _, wf in sorted(workflows.items())]}
     assert validate_response("GET", "/v1/workflows", 200, body) == []
     body["workflows"][0]["params"]["prompt"]["node"] = "6"  # node ids are never public
@@ -601,9 +601,12 @@ def test_health_answer_validates():
     assert resp.status == 503 and resp.headers["Retry-After"] == "5"
     assert validate_response("GET", "/healthz", 503, resp.body) == []
     ok = {"status": "ok", "database": "ok", "storage": "ok",
-          "backends": [{"url": "http://127.0.0.1:8188", "listener_connected": False, "queue_remaining": 0,
+          "backends": [{"url": "http://127.0.0.1:8188", "state": "down", "listener_connected": False, "owner": None,
+                        "standby_alive": False, "slots": 2, "slots_in_use": 0, "queue_remaining": 0,
                         "last_event_at": None}]}
     assert validate_response("GET", "/healthz", 200, ok) == []
+    ok["backends"][0]["state"] = "asleep"
+    assert validate_response("GET", "/healthz", 200, ok)
 
 
 def test_other_answers_validate():
