@@ -112,7 +112,7 @@ def _track_queued(ctx, comfy, job: dict, entry, *, started: bool) -> None:
     job_id = job["id"]
     if job["status"] == "submitting" or job["number"] != entry.number:
         with ctx.db.connection() as conn:
-            jobs.mark_submitted(conn, job_id, entry.number)
+            jobs.mark_submitted(conn, job_id, entry.number, job["backend_id"])
     if started and job["status"] != "running":
         # Submitted under an older clientId it sends us no events: without this its run limit never applies.
         with ctx.db.connection() as conn:

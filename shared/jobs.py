@@ -110,13 +110,18 @@ def _decode(row: dict | None) -> dict | None:
 
 # -- transitions ---------------------------------------------------------------
 
-def mark_submitted(conn, job_id: str, number: int) -> bool:
-    """Record ComfyUI's queue number; submitting → queued (an early event may have moved it on)."""
+def mark_submitted(conn, job_id: str, number: int, backend_id: int | None = None) -> bool:
+    """Record ComfyUI's queue number; submitting → queued (an early event may have moved it on).
+
+    With ``backend_id``, only while that server holds the job (it may have gone back to the gateway
+    queue while the POST was in flight).
+    """
     now = utcnow()
     return execute(conn, """UPDATE jobs SET number=%s, submitted_at=COALESCE(submitted_at, %s),
                             status=IF(status='submitting','queued',status), version=version+1, updated_at=%s
-                            WHERE id=%s AND status IN ('submitting','queued','running')""",
-                   (number, now, now, job_id)) == 1
+                            WHERE id=%s AND status IN ('submitting','queued','running')
+                            AND (%s IS NULL OR backend_id <=> %s)""",
+                   (number, now, now, job_id, backend_id, backend_id)) == 1
 
 
 def mark_running(conn, job_id: str, *, nodes_total: int = 0, nodes_done: int = 0) -> bool:

@@ -110,7 +110,11 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
         raise
 
     # A free slot takes the job now (no added latency); else it waits for the listener to send it.
-    outcome = dispatch(ctx).get(job_id)
+    try:
+        outcome = dispatch(ctx).get(job_id)
+    except Exception as e:  # the job is safely queued: the listener's sweep sends it
+        log.warning("job %s: dispatch at submit failed (%s); left to the listener", job_id, e)
+        outcome = None
     if outcome is not None and outcome.result == "rejected":
         e = outcome.error
         raise WorkflowRejectedError(f"ComfyUI rejected the workflow: {e}",

@@ -108,7 +108,7 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
         log.warning("job %s: POST /prompt on %s ended unclear (%s); left for reconciliation", job_id, url, e)
         return Outcome(job_id, url, "unclear")
     with ctx.db.connection() as conn:
-        jobs.mark_submitted(conn, job_id, number)
+        jobs.mark_submitted(conn, job_id, number, backend["id"])
     log.info("job %s: sent to %s as number %s", job_id, url, number)
     return Outcome(job_id, url, "submitted")
 

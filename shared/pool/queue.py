@@ -43,7 +43,7 @@ def enqueue(conn, *, job_id: str, user_id: str, workflow: str, params: dict, pro
              json.dumps(inputs) if inputs else None, max(servers, 1), idempotency_key, request_hash, now, now))
 
 
-def waiting(conn, *, limit: int = 200, lock: bool = False) -> list[dict]:
+def waiting(conn, *, limit: int = 100, lock: bool = False) -> list[dict]:
     """The first waiting jobs in fair order (``lock``: claim-able rows only, locked, skipping locked ones)."""
     rows = query(conn, f"""SELECT id, user_id, needs, model, fair_rank, submit_attempts FROM jobs
                            WHERE {WAITING} AND cancel_requested=0 ORDER BY fair_rank, created_at, id LIMIT %s"""
