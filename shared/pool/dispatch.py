@@ -7,7 +7,8 @@ listener's sweep as a safety net. The claim locks the serving backends' rows
 LOCKED``), so concurrent dispatchers neither send one job twice nor give a
 server more than its slots. Each job goes to a capable server with a free
 slot: the one whose last job used the same model (a model switch costs seconds
-on a GPU), else the least busy.
+on a GPU), else the one the fewest other waiting jobs could use (a server with
+rare models or nodes is kept for the jobs only it can run), else the least busy.
 """
 
 from __future__ import annotations
@@ -51,14 +52,25 @@ def claim(ctx) -> list[tuple[str, dict]]:
         if not any(n > 0 for n in free.values()):
             return []
         caps = backends.capabilities(conn, pool, ctx.capabilities_cache)
+        waiting = queue.waiting(conn, lock=True)
+        reach: dict[int, int] = {}  # how many waiting jobs each server can run (counted when first needed)
+
+        def versatility(b: dict) -> int:
+            if b["id"] not in reach:
+                reach[b["id"]] = sum(capabilities.can_run(j["needs"], caps.get(b["id"])) for j in waiting)
+            return reach[b["id"]]
+
         claims = []
-        for job in queue.waiting(conn, lock=True):
+        for job in waiting:
             able = [b for b in pool if free[b["id"]] > 0 and capabilities.can_run(job["needs"], caps.get(b["id"]))]
             if not able:
                 if not any(n > 0 for n in free.values()):
                     break
                 continue  # no free server can run this one: the next may run elsewhere
+            # Same model first; then the server fewest other waiting jobs could use (keep the versatile ones
+            # for the jobs only they can run); then the least busy.
             best = min(able, key=lambda b: (job["model"] is not None and b["last_model"] != job["model"],
+                                            versatility(b) if len(able) > 1 else 0,
                                             b["active"] / (b["slots"] or default_slots), b["id"]))
             if queue.claim(conn, job, best):
                 free[best["id"]] -= 1
@@ -74,7 +86,7 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
     """POST a claimed job (and its input images) to its server and record what happened."""
     url = backend["url"]
     with ctx.db.connection() as conn:
-        job = jobs.get_job(conn, job_id)
+        job = queue.claimed(conn, job_id)
     if job is None or job["status"] != "submitting" or job["backend_id"] != backend["id"]:
         return Outcome(job_id, url, "moved")
     comfy = ctx.comfy(url)

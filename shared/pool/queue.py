@@ -61,6 +61,15 @@ def claim(conn, job: dict, backend: dict) -> bool:
                    (backend["id"], backend["client_id"], utcnow(), job["id"])) == 1
 
 
+def claimed(conn, job_id: str) -> dict | None:
+    """What sending a claimed job needs: its graph, input images, and where it stands (one primary-key read)."""
+    row = query_one(conn, "SELECT status, backend_id, prompt, inputs FROM jobs WHERE id=%s", (job_id,))
+    if row is not None:
+        row["prompt"] = json.loads(row["prompt"])
+        row["inputs"] = json.loads(row["inputs"]) if row["inputs"] else None
+    return row
+
+
 def requeue(conn, job_id: str, backend_id: int, *, lost: bool = False) -> bool:
     """Put a job back in the gateway queue from the server that held it (``lost``: it had started there).
 
