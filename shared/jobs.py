@@ -41,13 +41,16 @@ def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, 
 # means nothing, and would make its ETag change with every change of the queue):
 # * held by a server: the jobs that server holds and has not started, ahead of j in its queue
 #   (a job not numbered yet is behind them all);
-# * in the gateway queue: the waiting jobs before it in fair order, plus every job a server holds
-#   and has not started yet (those start first).
+# * in the gateway queue: the waiting jobs before it in fair order that compete for a server
+#   able to run it, plus the jobs those servers hold and have not started yet (those start first).
+#   ``capable`` has a bit per server able to run the job (backend id % 64), set at submit.
 _AHEAD = """IF(j.status IN ('submitting','queued'), IF(j.backend_id IS NULL,
               (SELECT COUNT(*) FROM jobs q WHERE q.status='queued' AND q.backend_id IS NULL
                  AND (q.fair_rank < j.fair_rank OR (q.fair_rank = j.fair_rank AND (q.created_at < j.created_at
-                      OR (q.created_at = j.created_at AND q.id < j.id)))))
-              + (SELECT COUNT(*) FROM jobs h WHERE h.status IN ('submitting','queued') AND h.backend_id IS NOT NULL),
+                      OR (q.created_at = j.created_at AND q.id < j.id))))
+                 AND (q.capable & j.capable) <> 0)
+              + (SELECT COUNT(*) FROM jobs h WHERE h.status IN ('submitting','queued') AND h.backend_id IS NOT NULL
+                 AND (j.capable >> (h.backend_id %% 64)) & 1),
               (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('submitting','queued')
                  AND q.id <> j.id AND (j.number IS NULL OR q.number < j.number))), 0) AS ahead,
            ws.run_seconds"""

@@ -96,7 +96,7 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
                                     daily_quota=ctx.config.daily_job_quota)
             queue.enqueue(conn, job_id=job_id, user_id=user_id, workflow=workflow.name, params=resolved,
                           prompt=graph, needs=needs, model=capabilities.model_of(needs), inputs=stored,
-                          servers=len(able), idempotency_key=idempotency_key, request_hash=digest)
+                          servers=[b["id"] for b in able], idempotency_key=idempotency_key, request_hash=digest)
     except pymysql.err.IntegrityError:
         # Another request with the same Idempotency-Key won the race.
         _forget_inputs(ctx, stored)

@@ -11,6 +11,8 @@ ALTER TABLE jobs
     ADD COLUMN model         VARCHAR(255) NULL,              -- its checkpoint (model affinity)
     ADD COLUMN inputs        JSON         NULL,              -- input images to send with the prompt
     ADD COLUMN servers       INT          NOT NULL DEFAULT 1, -- servers able to run it at submit (eta)
+    -- those servers as bits (1 << backend id % 64): queue_position counts only jobs competing for them
+    ADD COLUMN capable       BIGINT UNSIGNED NOT NULL DEFAULT 18446744073709551615,
     ADD COLUMN lost_retries  INT          NOT NULL DEFAULT 0, -- times it was retried after its server lost it
     ADD KEY ix_jobs_waiting (status, backend_id, fair_rank, created_at, id);
 

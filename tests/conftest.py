@@ -25,7 +25,8 @@ from tests.stack import database_server
 
 pytest_plugins = ["tests.s3server"]
 
-TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users", "uploads", "rate_limits")
+TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users", "uploads", "rate_limits", "backend_listeners",
+          "workflow_stats")
 SECRET = "test-secret-key-0123456789abcdef"
 
 
