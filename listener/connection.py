@@ -13,10 +13,11 @@ starve another's finalizations.
 
 The pool: on connect, on `gateway backends refresh` and every
 CAPABILITIES_REFRESH_S the owner reads the server's /object_info and stores
-what it offers. When a job of its server ends (its slot frees), after each
-reconciliation and every DISPATCH_SWEEP_S it dispatches waiting jobs, off the
-socket loop. When the server cannot be reached at all, the jobs it held go
-back to the gateway queue at once.
+what it offers. When a job of its server ends (its slot frees) and after each
+reconciliation it dispatches waiting jobs, off the socket loop; one sweep per
+process does so every DISPATCH_SWEEP_S as a safety net. When the server cannot
+be reached at all for RELEASE_AFTER_S, the jobs it held go back to the gateway
+queue to run elsewhere.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from shared import backends, jobs
 from shared.comfy import ComfyError, ws_url
 from shared.errors import DatabaseUnavailableError
 from shared.pool import capabilities
-from shared.pool.dispatch import dispatch, sweep
+from shared.pool.dispatch import Kicker, sweep
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,11 @@ class BackendWorker(threading.Thread):
         self._missing: dict[str, float] = {}
         self._history_failing: dict[str, float] = {}
         self._final_lock = threading.Lock()
-        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0, "event_errors": 0, "dispatches": 0}
+        self.stats = {"frames": 0, "ignored": 0, "reconnects": 0, "event_errors": 0}
         self.tracker: Tracker | None = None
         self.capabilities_read = 0.0
         self.released = False  # whether the held jobs went back to the queue during this outage
-        self._dispatch_lock = threading.Lock()
-        self._dispatch_state = "idle"  # idle | running | again
+        self.kick_dispatch = Kicker(ctx, self.executor, stop)  # dispatch soon, off the socket loop
 
     def tracker_unknown_ids(self) -> int:
         """How many unknown prompt ids the current tracker remembers (bounded)."""
@@ -211,7 +211,6 @@ class BackendWorker(threading.Thread):
                 last_reconcile = now
                 if self._missing:  # settle them as soon as they may be judged
                     last_reconcile = now - self.cfg.reconcile_interval_s + REQUEUE_SETTLE_S
-
             if now - last_frame >= self.cfg.watchdog_s and self._has_running_work():
                 raise websocket.WebSocketTimeoutException(f"no frame for {self.cfg.watchdog_s:.0f}s while busy")
 
@@ -236,7 +235,8 @@ class BackendWorker(threading.Thread):
 
     def _read_capabilities(self) -> None:
         """Store what the server offers now (node classes, choices of the workflows' combo inputs)."""
-        caps = capabilities.from_object_info(self.comfy.object_info(), capabilities.workflow_classes(self.ctx.workflows))
+        needed = capabilities.workflow_classes(self.ctx.workflows)
+        caps = capabilities.from_object_info(self.comfy.object_info(), needed)
         with self.ctx.db.connection() as conn:
             if not backends.store_capabilities(conn, self.backend_id, self.owner, caps, capabilities.digest(caps)):
                 raise LeaseLostError()
@@ -328,34 +328,6 @@ class BackendWorker(threading.Thread):
         finally:
             with self._final_lock:
                 self._finalizing.discard(job_id)
-
-
-    # -- dispatch, off the socket loop ---------------------------------------------------------
-    def kick_dispatch(self) -> None:
-        """Dispatch waiting jobs soon on a finalize thread (at most one pass running, one more queued)."""
-        with self._dispatch_lock:
-            if self._dispatch_state != "idle":
-                self._dispatch_state = "again"
-                return
-            self._dispatch_state = "running"
-        try:
-            self.executor.submit(self._run_dispatch)
-        except RuntimeError:  # shutting down
-            with self._dispatch_lock:
-                self._dispatch_state = "idle"
-
-    def _run_dispatch(self) -> None:
-        while True:
-            try:
-                self.stats["dispatches"] += len(dispatch(self.ctx))
-            except Exception as e:
-                log.warning("%s: dispatch failed: %s (the next pass retries)", self.url, e)
-            with self._dispatch_lock:
-                if self._dispatch_state == "again" and not self.stopping.is_set():
-                    self._dispatch_state = "running"
-                    continue
-                self._dispatch_state = "idle"
-                return
 
 
 class Listener:

@@ -14,6 +14,7 @@ rare models or nodes is kept for the jobs only it can run), else the least busy.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from shared import backends, jobs
@@ -148,3 +149,40 @@ def sweep(ctx) -> dict[str, Outcome]:
                 write_usage(conn, job_id, "")
                 log.warning("job %s: waited in the gateway queue longer than %.0fs", job_id, limit)
     return dispatch(ctx)
+
+
+class Kicker:
+    """Call it to dispatch soon on an executor's thread: at most one pass runs, and one more is queued
+    for calls that come meanwhile (a burst of finished jobs costs two passes, not one each)."""
+
+    def __init__(self, ctx, executor, stopping: threading.Event):
+        self.ctx = ctx
+        self.executor = executor
+        self.stopping = stopping
+        self._lock = threading.Lock()
+        self._state = "idle"  # idle | running | again
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._state != "idle":
+                self._state = "again"
+                return
+            self._state = "running"
+        try:
+            self.executor.submit(self._run)
+        except RuntimeError:  # the executor is shutting down
+            with self._lock:
+                self._state = "idle"
+
+    def _run(self) -> None:
+        while True:
+            try:
+                dispatch(self.ctx)
+            except Exception as e:
+                log.warning("dispatch failed: %s (the next pass retries)", e)
+            with self._lock:
+                if self._state == "again" and not self.stopping.is_set():
+                    self._state = "running"
+                    continue
+                self._state = "idle"
+                return
