@@ -9,8 +9,8 @@ active on a backend:
   cancel was asked is deleted from the queue or interrupted);
 * in neither → ComfyUI forgot it (restart) or never got it (a crash between
   the claim and POST /prompt): it goes back to the gateway queue, to run on
-  whichever capable server has a slot first; one that had started there is
-  retried so only ``LOST_JOB_RETRIES`` times, then fails with ``backend_lost``.
+  whichever capable server has a slot first; one that had started there goes
+  back only ``LOST_JOB_RETRIES`` times, then fails with ``backend_lost``.
 
 A bad answer about one job (5xx, HTML, a timeout) skips that job until the
 next pass; the others are still settled.
