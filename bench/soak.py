@@ -1,4 +1,4 @@
-"""Soak: nothing lost, nothing doubled, nothing stuck — under random faults, on real parts.
+"""Soak: nothing lost, nothing doubled, nothing stuck — under random faults, on real parts, on a pool.
 
     .venv/bin/python bench/soak.py [--jobs 500] [--seed N] [--users 8] [--concurrency 12] [--timeout 240]
                                    [--database-url mysql://root:@127.0.0.1:3306/any] [--keep]
@@ -8,16 +8,24 @@ What runs (all on loopback):
 * its own database ``gw_soak_<hex>`` on ``--database-url`` / TEST_DATABASE_URL / DATABASE_URL's server,
   else the MariaDB at 127.0.0.1:3306 (root, no password), else a private server
   (shared.localdb); migrated with shared.migrate and dropped at the end (``--keep`` keeps it);
-* two fake ComfyUI servers (tests/fakes/comfyui.py), s3rver as object storage,
-  ``gateway serve`` and ``gateway listen`` as subprocesses (tests/stack.py);
-* ``--jobs`` small txt2img jobs from ``--users`` dev users over real HTTP, at most
-  ``--concurrency`` in flight (each app submits with an Idempotency-Key, retries what the
-  contract says to retry, polls until final); some are made to fail (the fake's
+* a pool of three fake ComfyUI servers (tests/fakes/comfyui.py) that offer different things:
+  A has checkpoint X, B has X and Y, C has Y and a custom node class; s3rver as object
+  storage; ``gateway serve`` and ``gateway listen`` as subprocesses (tests/stack.py), with
+  the soak's own WORKFLOWS_DIR (the shipped workflows plus ``soak_sharpen``, txt2img through
+  the custom class, which only C can run);
+* ``--jobs`` small jobs from ``--users`` dev users over real HTTP, at most ``--concurrency``
+  in flight: txt2img on checkpoint X or Y (the ``checkpoint`` param, given or left to its
+  default) and ``soak_sharpen``. Each app submits with an Idempotency-Key, retries what the
+  contract says to retry, polls until final; some jobs are made to fail (the fake's
   ``fail_next``), some are cancelled (``POST /v1/jobs/{id}/cancel``);
 * meanwhile a fault thread injects a bounded number of random faults: dropped sockets,
   silent sockets, ComfyUI restarts (with and without its output files), late history,
   failing and slow /view, 5xx/HTML answers on /history, /view and /prompt, ``kill -9`` of
-  the listener (restarted after a pause) and a second listener for a while.
+  the listener (restarted after a pause), a second listener for a while, partitions (a server
+  refuses connections for a few seconds but keeps running what it holds) and drains
+  (``gateway backends drain URL``, then ``resume URL`` a few seconds later). The first round
+  injects every kind once, so each soak has at least one restart (the first is long enough
+  for the listener to see the server gone), one drain and one kill -9.
 
 Then faults stop, every job is waited for (``--timeout`` bounds that wait) and the
 invariants are checked against MySQL, the fakes and storage:
@@ -25,23 +33,34 @@ invariants are checked against MySQL, the fakes and storage:
 * lost: every job id an app received exists;
 * stuck: no job is left submitting/queued/running;
 * duplicate_outputs: no (job, node, index) twice, no succeeded job with more outputs
-  than the history it was finished from lists, no failed/cancelled job with outputs;
+  than the history of the run it was finished from lists, no failed/cancelled job with outputs
+  (a job that ran to the end on two servers has one run's outputs, never both);
 * duplicate_usage: exactly one usage record per final job, none for anything else;
 * image_mismatches: every image a succeeded job lists (fetched through
   ``GET /v1/jobs/{id}/result`` and its signed URL) has exactly the bytes ComfyUI
-  saved for that prompt, and none is missing. A restart wipes the fake's history and
-  files, so the expected bytes are captured inside each fake's event loop the moment
-  it reports an output node (a hook on the fake's ``_report_ui``), per run;
-* and (the ``checks:`` line) no prompt id submitted more than allowed (twice at most,
-  the second time only in a later ComfyUI generation, i.e. after a restart lost it),
-  no second job row for one app request, usage records that agree with their job,
-  every failure and cancellation explained by an injected fault or a deliberate
-  failure, nothing left in a fake's queue.
+  saved in the run that counts (the last successful run, on the server the job ended
+  on), and none is missing. A restart wipes the fake's history and files, so the
+  expected bytes are captured inside each fake's event loop the moment it reports an
+  output node (a hook on the fake's ``_report_ui``), per run;
+* and (the ``checks:`` line): a prompt id POSTed again only after the server that held
+  it lost it (a restart of that server, seen in the fake's generation, or a partition of it,
+  between the two POSTs; the next POST may go to another server), and the copy a partitioned
+  server kept taken off it once it can be reached again (``ghost_prompts``); a job failed
+  ``backend_lost`` only after LOST_JOB_RETRIES + 1 of its runs started; no second job row for
+  one app request; usage records that agree with their job; every failure and cancellation
+  explained by an injected fault or a deliberate failure; nothing left in a fake's queue; no prompt
+  reached a drained server while it was drained except what it held when the drain
+  was committed (``drain_violations``: the jobs claimed for it, read right after the
+  drain command, may still be POSTed once; any other POST there in the window is one);
+  and ``refused``: the prompts a fake refused (400 for a node class or a value it lacks),
+  which must be 0 — the gateway never sends a job where it cannot run.
 
 It prints exactly one summary line
 ``jobs=N succeeded=… failed=… cancelled=… lost=0 stuck=0 duplicate_outputs=0 duplicate_usage=0 image_mismatches=0``,
 then the faults injected and the duration, the failures by error code and the
-other checks; it exits 1 when an invariant fails (with the evidence: rows, fake
+other checks (``checks: … refused=0 …``), the POSTs per server and each drain; a
+rejected submit is shown with the state of the pool then (sampled from the backend rows every
+0.2 s) and the faults just before. It exits 1 when an invariant fails (with the evidence: rows, fake
 runs and log lines of each offending job; the logs are kept), 2 when the set-up fails.
 """
 
@@ -49,11 +68,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import random
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +85,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,12 +98,26 @@ from shared.db import connect, query  # noqa: E402
 from shared.migrate import migrate  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
 from tests.s3server import S3rverUnavailable, start_s3rver  # noqa: E402
-from tests.stack import database_server, start_api, start_listener  # noqa: E402
+from tests.stack import config_env, database_server, start_api, start_listener  # noqa: E402
 
 FINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("submitting", "queued", "running")
 DELIBERATE = "soak: deliberate failure"
 PROMPTS = ("a cat", "a lighthouse at dusk", "a bowl of ramen", "a red bicycle", "mountains in fog")
+
+# The pool: three servers that offer different things. txt2img on X runs on A or B, on Y on B or C;
+# soak_sharpen (txt2img through the custom class, on Y) only on C.
+CKPT_X = "v1-5-pruned-emaonly.safetensors"  # txt2img's default
+CKPT_Y = "sd_xl_base_1.0.safetensors"
+EXTRA_NODE = "SoakSharpen"
+CUSTOM_WORKFLOW = "soak_sharpen"
+FAKES = (
+    ("A", {"checkpoints": (CKPT_X,)}),
+    ("B", {"checkpoints": (CKPT_X, CKPT_Y)}),
+    ("C", {"checkpoints": (CKPT_Y,), "extra_nodes": (EXTRA_NODE,)}),
+)
+
+LOST_JOB_RETRIES = 1
 
 # Timings of the stack under test: short, so faults are noticed and settled within seconds.
 STACK_ENV = {
@@ -95,6 +131,10 @@ STACK_ENV = {
     "RECONNECT_MAX_S": "1",
     "OUTPUT_COPY_DEADLINE_S": "30",
     "SIGNED_URL_TTL": "3600",
+    # The pool's rules the checks rely on (the defaults, spelled out).
+    "COMFYUI_SLOTS": "2",
+    "LOST_JOB_RETRIES": str(LOST_JOB_RETRIES),
+    "DISPATCH_SWEEP_S": "1",
 }
 # Not passed on by tests.stack.config_env: given to the subprocesses through the environment.
 LIMITS_OFF = {"RATE_LIMIT_PER_MINUTE": "0", "MAX_ACTIVE_JOBS": "0", "DAILY_JOB_QUOTA": "0",
@@ -135,10 +175,20 @@ class FakeRun:
         return out
 
 
-class Recorder:
-    """Hooks on each fake's loop: every run's saved bytes and outcome, every submission's generation.
+class Post(NamedTuple):
+    """One accepted POST /prompt: on which fake, in which of its generations, when, under which number."""
 
-    Uses the fake's internals (``_server``, ``_report_ui``, ``_add_message``,
+    fake: int
+    generation: int
+    at: float
+    number: float
+
+
+class Recorder:
+    """Hooks on each fake's loop: every run's saved bytes and outcome, every submission's generation and
+    time, the end of every generation (a restart).
+
+    Uses the fake's internals (``_server``, ``_report_ui``, ``_add_message``, ``go_down``,
     ``prompts_log``, ``generation``); ``install`` fails loudly if they change.
     """
 
@@ -146,15 +196,18 @@ class Recorder:
         self.lock = threading.Lock()
         self.runs: dict[str, list[FakeRun]] = collections.defaultdict(list)
         self.fakes: list[FakeComfy] = []
+        self.generation_ends: list[list[float]] = []  # per fake: wall time generation g ended, at index g
 
     def install(self, fake: FakeComfy) -> None:
         index = len(self.fakes)
         self.fakes.append(fake)
+        ends: list[float] = []
+        self.generation_ends.append(ends)
         server = fake._server
-        for name in ("_report_ui", "_add_message", "prompts_log", "generation", "files"):
+        for name in ("_report_ui", "_add_message", "go_down", "prompts_log", "generation", "files"):
             if not hasattr(server, name):
                 raise RuntimeError(f"the fake ComfyUI has no {name!r} any more: update bench/soak.py's Recorder")
-        original_report, original_message = server._report_ui, server._add_message
+        original_report, original_message, original_go_down = server._report_ui, server._add_message, server.go_down
         recorder = self
 
         def record_of(run) -> FakeRun:
@@ -186,16 +239,24 @@ class Recorder:
                     rec.error = str(data.get("exception_message") or "").strip()
             return await original_message(run, event, data, broadcast=broadcast)
 
+        async def go_down(*args, **kwargs):
+            # On the loop, like POST /prompt: every submission of generation g is older than ends[g].
+            with recorder.lock:
+                ends.append(time.time())
+            return await original_go_down(*args, **kwargs)
+
         class GenerationLog(list):
-            """prompts_log whose entries also say in which generation (restart count) they arrived."""
+            """prompts_log whose entries also say in which generation (restart count) and when they arrived."""
 
             def append(self, item):
                 item["generation"] = server.generation
+                item["time"] = time.time()
                 list.append(self, item)
 
         def install_hooks(s):
             s._report_ui = report_ui
             s._add_message = add_message
+            s.go_down = go_down
             s.prompts_log = GenerationLog(s.prompts_log)
 
         fake._call(install_hooks)
@@ -204,13 +265,26 @@ class Recorder:
         with self.lock:
             return list(self.runs.get(prompt_id, ()))
 
-    def submissions(self) -> dict[str, list[tuple[int, int]]]:
-        """prompt_id -> [(fake index, generation)] of every accepted POST /prompt."""
-        out: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+    def submissions(self) -> dict[str, list[Post]]:
+        """prompt_id -> every accepted POST /prompt of it, oldest first."""
+        out: dict[str, list[Post]] = collections.defaultdict(list)
         for index, fake in enumerate(self.fakes):
-            for pid, gen in fake._call(lambda s: [(p["prompt_id"], p.get("generation")) for p in s.prompts_log]):
-                out[pid].append((index, gen))
+            for pid, gen, at, number in fake._call(lambda s: [(p["prompt_id"], p.get("generation"), p.get("time"),
+                                                               p.get("number")) for p in s.prompts_log]):
+                out[pid].append(Post(index, gen, at, number))
+        for posts in out.values():
+            posts.sort(key=lambda post: post.at)
         return out
+
+    def generation_end(self, index: int, generation: int) -> float | None:
+        """When a fake's generation ended (the restart that made it forget its queue and history)."""
+        with self.lock:
+            ends = self.generation_ends[index]
+            return ends[generation] if generation < len(ends) else None
+
+    def refusals(self) -> list[tuple[int, str, str]]:
+        """(fake index, prompt_id, reason) of every prompt a fake refused for a class or value it lacks."""
+        return [(index, pid, why) for index, fake in enumerate(self.fakes) for pid, why in fake.refusal_log]
 
     def generation(self, index: int) -> int:
         return self.fakes[index]._call(lambda s: s.generation)
@@ -224,6 +298,71 @@ class Recorder:
 # ======================================================================================
 # The stack
 # ======================================================================================
+
+def write_workflows(folder: Path) -> Path:
+    """The soak's WORKFLOWS_DIR: the shipped workflows, and soak_sharpen (txt2img through EXTRA_NODE, on Y)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((ROOT / "workflows").glob("*.json")):
+        shutil.copyfile(path, folder / path.name)
+    spec = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph = spec["graph"]
+    decoded = next(n for n, node in graph.items() if node["class_type"] == "VAEDecode")
+    save = next(n for n, node in graph.items() if node["class_type"] == "SaveImage")
+    sharpen = str(max(int(n) for n in graph) + 1)
+    graph[sharpen] = {"inputs": {"image": [decoded, 0]}, "class_type": EXTRA_NODE, "_meta": {"title": "Sharpen"}}
+    graph[save]["inputs"]["images"] = [sharpen, 0]
+    ckpt = next(p for p in spec["params"].values() if p.get("enum_from") == "CheckpointLoaderSimple.ckpt_name")
+    ckpt["default"] = CKPT_Y
+    graph[ckpt["node"]]["inputs"][ckpt["input"]] = CKPT_Y
+    spec["title"] = "Text to image, sharpened (soak)"
+    spec["description"] = f"txt2img through the custom node class {EXTRA_NODE}: only one server of the pool has it."
+    (folder / f"{CUSTOM_WORKFLOW}.json").write_text(json.dumps(spec, indent=2))
+    return folder
+
+
+class PoolWatch(threading.Thread):
+    """Samples the backend rows every 0.2 s: which servers took new jobs when (evidence for the checks)."""
+
+    def __init__(self, db_url: DatabaseUrl, urls: list[str]):
+        super().__init__(name="pool watch", daemon=True)
+        self.db_url = db_url
+        self.names = {url: name for (name, _), url in zip(FAKES, urls)}
+        self.samples: list[tuple[float, str]] = []  # (wall time, "A B(draining) C(down)")
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop_event.wait(0.2):
+            try:
+                conn = conn or connect(self.db_url)
+                rows = query(conn, """SELECT url, state, capabilities_hash IS NOT NULL AS known,
+                                        connected=1 AND client_id IS NOT NULL AND lease_until > UTC_TIMESTAMP(3) AS live
+                                      FROM backends""")
+            except Exception:
+                conn = None
+                continue
+            states = []
+            for r in sorted(rows, key=lambda r: self.names.get(r["url"], r["url"])):
+                why = [w for w, bad in (("down", not r["live"]), ("draining", r["state"] == "draining"),
+                                        ("no capabilities", not r["known"])) if bad]
+                states.append(self.names.get(r["url"], r["url"]) + (f"({', '.join(why)})" if why else ""))
+            text = " ".join(states)
+            if not self.samples or self.samples[-1][1] != text:
+                self.samples.append((time.time(), text))
+        if conn is not None:
+            conn.close()
+
+    def serving_at(self, wall: float) -> str:
+        """The pool as last sampled before ``wall``, and the change after it if one came within a second."""
+        before = [s for s in self.samples if s[0] <= wall]
+        after = [s for s in self.samples if wall < s[0] <= wall + 1.0]
+        text = before[-1][1] if before else "?"
+        return text + (f"; from +{after[0][0] - wall:.2f}s: {after[0][1]}" if after else "")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
+
 
 class Stack:
     def __init__(self, args, workdir: Path):
@@ -241,6 +380,7 @@ class Stack:
         self.base = ""
         self.listeners: dict[str, object] = {}
         self.lock = threading.Lock()
+        self.watch: PoolWatch | None = None
 
     def start(self) -> None:
         server, self.local_db = database_server(self.args.database_url or os.environ.get("TEST_DATABASE_URL")
@@ -257,11 +397,12 @@ class Stack:
         finally:
             conn.close()
 
-        for _ in range(2):
-            fake = FakeComfy(step_delay=self.args.step_delay)
+        for _, offers in FAKES:
+            fake = FakeComfy(step_delay=self.args.step_delay, **offers)
             fake.start()
             self.recorder.install(fake)
             self.fakes.append(fake)
+        workflows_dir = write_workflows(self.workdir / "workflows")
 
         self.s3 = start_s3rver(self.workdir / "s3rver", "soak")
         os.environ.update(LIMITS_OFF)
@@ -279,6 +420,7 @@ class Stack:
             "DEV_LOGIN": "1",
             "ADMIN_TOKEN": "admin-" + secrets.token_hex(8),
             "STATE_DIR": str(self.workdir / "state"),
+            "WORKFLOWS_DIR": str(workflows_dir),
             **LIMITS_OFF,
             **STACK_ENV,
         }
@@ -288,15 +430,27 @@ class Stack:
         deadline = time.monotonic() + 30
         while not self.all_connected():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the listener never connected to both fakes; see {self.workdir / 'listener.log'}")
+                raise RuntimeError(f"the listener never connected to every fake and read what it offers; see "
+                                   f"{self.workdir / 'listener.log'}")
             time.sleep(0.1)
+        self.watch = PoolWatch(self.db_url, [f.base_url for f in self.fakes])
+        self.watch.start()
 
     def all_connected(self) -> bool:
+        """Every fake connected (/healthz) and its capabilities stored (jobs can be routed to it)."""
         try:
             body = requests.get(self.base + "/healthz", timeout=5).json()
         except (requests.RequestException, ValueError):
             return False
-        return len(body.get("backends", [])) == 2 and all(b["listener_connected"] for b in body["backends"])
+        if len(body.get("backends", [])) != len(self.fakes) or not all(b["listener_connected"]
+                                                                        for b in body["backends"]):
+            return False
+        conn = connect(self.db_url)
+        try:
+            rows = query(conn, "SELECT url FROM backends WHERE capabilities_hash IS NOT NULL")
+        finally:
+            conn.close()
+        return {r["url"] for r in rows} >= {f.base_url for f in self.fakes}
 
     # -- listeners ------------------------------------------------------------------------
     def start_listener(self, name: str):
@@ -336,9 +490,29 @@ class Stack:
                 return i
         return -1
 
+    # -- operators ------------------------------------------------------------------------
+    def backends_command(self, *args: str) -> None:
+        """Run ``gateway backends ...`` as an operator does, with the stack's configuration."""
+        out = subprocess.run([sys.executable, "-m", "shared.cli", "backends", *args],
+                             env={**os.environ, **config_env(self.cfg)}, cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"gateway backends {' '.join(args)} exited {out.returncode}: "
+                               f"{(out.stdout + out.stderr).strip()[-300:]}")
+
+    def held_by(self, url: str) -> dict[str, str]:
+        """job id -> status of the jobs a server holds now (claimed for it and not final)."""
+        conn = connect(self.db_url)
+        try:
+            rows = query(conn, "SELECT j.id, j.status FROM jobs j JOIN backends b ON b.id=j.backend_id "
+                               "WHERE b.url=%s AND j.status IN ('submitting','queued','running')", (url,))
+        finally:
+            conn.close()
+        return {r["id"]: r["status"] for r in rows}
+
     # -- teardown -------------------------------------------------------------------------
     def stop(self, keep_db: bool) -> None:
-        steps = [lambda: self.api and self.api.stop()]
+        steps = [lambda: self.watch and self.watch.stop(), lambda: self.api and self.api.stop()]
         for name in list(self.listeners):
             steps.append(lambda n=name: self.listeners[n].stop())
         steps += [lambda f=f: f.stop() for f in self.fakes]
@@ -374,7 +548,30 @@ FAULTS = {
     "fail_http_prompt": (1, 2),
     "kill_listener": (2, 3),
     "second_listener": (1, 2),
+    "drain": (1, 2),
+    "partition": (1, 2),
 }
+DRAIN_S = (3.0, 8.0)  # how long a server stays drained
+PARTITION_S = (2.0, 5.0)  # how long a server cannot be reached (it keeps running what it holds)
+STALE_GRACE_S = 5.0  # a stale copy left on a server that is reachable again is taken off within this
+# A restart is short (the listener may only see a dropped socket) or long (it sees the server gone and
+# sends what it held elsewhere at once); the first one is long.
+RESTART_SHORT_S, RESTART_LONG_S, RESTART_LONG_SHARE = (0.2, 1.5), (2.5, 5.0), 0.3
+
+
+@dataclass
+class Drain:
+    """One `gateway backends drain URL` ... `resume URL`, with what the server held when it took effect."""
+
+    fake: int
+    url: str
+    asked: float  # wall times: drain command started, returned (committed before), held read
+    done: float
+    held_at: float
+    held: dict  # job id -> status (submitting: claimed, its POST may still come) right after the drain
+    lasting: float
+    resume_asked: float | None = None  # the window ends when the resume command starts
+    resumed: float | None = None
 
 
 class FaultInjector(threading.Thread):
@@ -393,6 +590,8 @@ class FaultInjector(threading.Thread):
         self.counts: collections.Counter = collections.Counter()
         self.events: list[tuple[float, str, int | None, str]] = []  # (wall time, kind, fake, detail)
         self.restarts: list[tuple[int, float, float]] = []  # (fake, wall from, wall until up again)
+        self.drains: list[Drain] = []
+        self.partitions: list[list] = []  # [fake, wall from, wall until] (until: inf while it lasts)
         self.undo: list[tuple[float, str, object]] = []
         self.down_until = [0.0] * len(stack.fakes)
         self.failed: list[str] = []
@@ -473,6 +672,7 @@ class FaultInjector(threading.Thread):
         rng, stack = self.rng, self.stack
         i = rng.randrange(len(stack.fakes))
         fake = stack.fakes[i]
+        name = FAKES[i][0]
         if kind == "drop_sockets":
             fake.drop_sockets()
             self._note(kind, i)
@@ -484,11 +684,13 @@ class FaultInjector(threading.Thread):
         elif kind == "restart":
             now = time.monotonic()
             if self.down_until[i] > now:
-                i = 1 - i
-                fake = stack.fakes[i]
-                if self.down_until[i] > now:
+                up = [k for k in range(len(stack.fakes)) if self.down_until[k] <= now]
+                if not up:
                     return
-            downtime = rng.uniform(0.2, 1.5)
+                i = rng.choice(up)
+                fake, name = stack.fakes[i], FAKES[i][0]
+            long = not self.restarts or rng.random() < RESTART_LONG_SHARE
+            downtime = rng.uniform(*(RESTART_LONG_S if long else RESTART_SHORT_S))
             keep = rng.random() < 0.5
             start = time.time()
             fake.restart(downtime, wait=False, keep_files=keep)
@@ -534,11 +736,60 @@ class FaultInjector(threading.Thread):
             stack.start_listener("listener2")
             self._later(lasting, "stop listener2", lambda: stack.stop_listener("listener2"))
             self._note(kind, None, f"for {lasting:.1f}s")
+        elif kind == "partition":
+            # The server is cut off (connections refused, sockets dropped) but keeps running what it holds:
+            # the listener sends that elsewhere, and takes the stale copies off when it can reach it again.
+            now = time.monotonic()
+            cut = {f for f, _, until in self.partitions if until == float("inf")}
+            free = [k for k in range(len(stack.fakes)) if self.down_until[k] <= now and k not in cut]
+            if not free:
+                return
+            if i not in free:
+                i = rng.choice(free)
+                fake, name = stack.fakes[i], FAKES[i][0]
+            seconds = rng.uniform(*PARTITION_S)
+            window = [i, time.time(), float("inf")]
+            fake.reject_connections(True)
+            fake.drop_sockets()
+            self.partitions.append(window)
+
+            def heal(fake=fake, window=window):
+                fake.reject_connections(False)
+                window[2] = time.time()
+            self._later(seconds, f"heal {name}", heal)
+            self._note(kind, i, f"for {seconds:.1f}s")
+        elif kind == "drain":
+            if any(d.resumed is None for d in self.drains):
+                return  # one server drained at a time: every job keeps a server that can run it
+            lasting = rng.uniform(*DRAIN_S)
+            asked = time.time()
+            stack.backends_command("drain", fake.base_url)
+            done = time.time()
+            held = stack.held_by(fake.base_url)
+            drain = Drain(fake=i, url=fake.base_url, asked=asked, done=done, held_at=time.time(), held=held,
+                          lasting=lasting)
+            self.drains.append(drain)
+            self._later(lasting, f"resume {name}", lambda: self._resume(drain))
+            self._note(kind, i, f"for {lasting:.1f}s, holding {len(held)}")
         else:
             raise ValueError(kind)
 
+    def _resume(self, drain: Drain) -> None:
+        drain.resume_asked = time.time()
+        self.stack.backends_command("resume", drain.url)
+        drain.resumed = time.time()
+
     def restarted_during(self, fake: int, start: float, end: float) -> bool:
         return any(f == fake and s <= end + 1 and u >= start - 1 for f, s, u in self.restarts)
+
+    def cut_off_during(self, fake: int, start: float, end: float) -> bool:
+        """Whether the server could not be reached (partition) at some time between start and end."""
+        return any(f == fake and s <= end and u >= start for f, s, u in self.partitions)
+
+    def healed_after(self, fake: int, start: float, end: float) -> float | None:
+        """When the first partition of the server between start and end ended (None: none, or never)."""
+        ends = [u for f, s, u in self.partitions if f == fake and s <= end and u >= start]
+        return min(ends) if ends and min(ends) != float("inf") else None
 
     def summary(self) -> str:
         return " ".join(f"{k}={self.counts[k]}" for k in FAULTS) + f" total={sum(self.counts.values())}"
@@ -552,6 +803,7 @@ class FaultInjector(threading.Thread):
 class JobSpec:
     n: int
     user: int
+    workflow: str
     params: dict
     cancel_after: float | None
     fail_fake: int | None
@@ -571,20 +823,30 @@ class JobRecord:
     cancel_answer: dict | None = None
     last: dict | None = None
     problem: str | None = None
+    problem_at: float | None = None  # wall time of the answer that made the problem
 
 
 def make_specs(rng: random.Random, n: int, users: int, cancel_ratio: float, fail_ratio: float) -> list[JobSpec]:
+    """The jobs: 40% txt2img on X (A or B), 40% txt2img on Y (B or C), 20% soak_sharpen (C only);
+    the checkpoint is given or left to the workflow's default, half and half."""
     specs = []
     for k in range(n):
         params = {"prompt": rng.choice(PROMPTS), "width": rng.choice((64, 64, 72, 80)),
                   "height": rng.choice((64, 64, 72)), "steps": rng.randint(2, 6),
                   "batch_size": rng.choice((1, 1, 2)), "seed": rng.randrange(2 ** 32)}
+        mix = rng.random()
+        workflow, default, ckpt = (CUSTOM_WORKFLOW, CKPT_Y, CKPT_Y) if mix < 0.2 else \
+            ("txt2img", CKPT_X, CKPT_X if mix < 0.6 else CKPT_Y)
+        if ckpt != default or rng.random() < 0.5:
+            params["checkpoint"] = ckpt
         if specs and rng.random() < 0.03:
-            params = dict(rng.choice(specs).params)  # the same request again: ComfyUI's cache may answer
+            same = rng.choice(specs)  # the same request again: ComfyUI's cache may answer
+            workflow, params = same.workflow, dict(same.params)
         cancel_after = rng.uniform(0.0, 0.6) if rng.random() < cancel_ratio else None
-        fail_fake = rng.randrange(2) if cancel_after is None and rng.random() < fail_ratio else None
-        specs.append(JobSpec(n=k, user=k % users, params=params, cancel_after=cancel_after, fail_fake=fail_fake,
-                             fail_step=rng.randint(1, params["steps"]), key=f"soak-{k}-{uuid.uuid4().hex[:8]}"))
+        fail_fake = rng.randrange(len(FAKES)) if cancel_after is None and rng.random() < fail_ratio else None
+        specs.append(JobSpec(n=k, user=k % users, workflow=workflow, params=params, cancel_after=cancel_after,
+                             fail_fake=fail_fake, fail_step=rng.randint(1, params["steps"]),
+                             key=f"soak-{k}-{uuid.uuid4().hex[:8]}"))
     return specs
 
 
@@ -622,7 +884,7 @@ def run_job(app: App, stack: Stack, spec: JobSpec, armed: collections.Counter, a
             poll_limit: float) -> JobRecord:
     rec = JobRecord(spec)
     token = app.tokens[spec.user]
-    body = {"workflow": "txt2img", "params": spec.params}
+    body = {"workflow": spec.workflow, "params": spec.params}
     if spec.fail_fake is not None:
         stack.fakes[spec.fail_fake].fail_next(at_step=spec.fail_step, message=DELIBERATE)
         with armed_lock:
@@ -640,12 +902,13 @@ def run_job(app: App, stack: Stack, spec: JobSpec, armed: collections.Counter, a
                 rec.last = r.json()["job"]
                 break
             if r.status_code not in App.RETRY:
-                rec.problem = f"submit answered {r.status_code}: {r.text[:300]}"
+                rec.problem, rec.problem_at = f"submit answered {r.status_code}: {r.text[:300]}", time.time()
                 return rec
         except requests.RequestException as e:
             rec.submit_statuses.append(type(e).__name__)
         if time.monotonic() + delay > deadline:
             rec.problem = f"submit abandoned after {rec.submit_tries} tries: {rec.submit_statuses[-5:]}"
+            rec.problem_at = time.time()
             return rec
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
@@ -665,7 +928,7 @@ def run_job(app: App, stack: Stack, spec: JobSpec, armed: collections.Counter, a
                         rec.cancel = "not_reached"
                     return rec
             elif r.status_code not in App.RETRY:
-                rec.problem = f"status answered {r.status_code}: {r.text[:300]}"
+                rec.problem, rec.problem_at = f"status answered {r.status_code}: {r.text[:300]}", time.time()
         except requests.RequestException:
             pass
         wait = (rec.last or {}).get("poll_after_ms") or 500
@@ -705,7 +968,7 @@ def cancel_job(app: App, token: str, job_id: str, rec: JobRecord) -> str:
 
 class Checker:
     def __init__(self, stack: Stack, app: App, records: list[JobRecord], faults: FaultInjector,
-                 armed: collections.Counter):
+                 armed: collections.Counter, t0: float):
         self.stack = stack
         self.app = app
         self.records = records
@@ -714,6 +977,7 @@ class Checker:
         self.problems: dict[str, list[str]] = collections.defaultdict(list)  # job id -> why
         self.counts = collections.Counter()
         self.info: list[str] = []
+        self.t0 = t0
 
     def flag(self, counter: str, job_id: str | None, why: str, n: int = 1) -> None:
         self.counts[counter] += n
@@ -737,6 +1001,8 @@ class Checker:
         self.check_outputs()
         self.check_usage()
         self.check_submissions()
+        self.check_drains()
+        self.check_refusals()
         self.check_failures()
         self.check_images()
         self.check_fakes_idle()
@@ -749,9 +1015,11 @@ class Checker:
                 self.flag("lost", job_id, f"the app got job {job_id} (request {rec.spec.n}) but it has no row")
         for rec in self.records:
             if rec.job_id is None:
-                self.flag("submit_abandoned", None, f"request {rec.spec.n}: {rec.problem}")
+                self.flag("submit_abandoned", None, f"request {rec.spec.n} ({rec.spec.workflow}, checkpoint "
+                                                    f"{rec.spec.params.get('checkpoint', 'default')}): "
+                                                    f"{rec.problem}{self.when(rec.problem_at)}")
             elif rec.problem:
-                self.flag("api_errors", rec.job_id, rec.problem)
+                self.flag("api_errors", rec.job_id, f"{rec.problem}{self.when(rec.problem_at)}")
         for job_id, row in self.jobs.items():
             if job_id not in self.known:
                 self.flag("extra_jobs", job_id, f"a row no app request got back (status {row['status']}, "
@@ -762,6 +1030,13 @@ class Checker:
     # -- outputs ------------------------------------------------------------------------
     def expected_runs(self, job_id: str) -> list[FakeRun]:
         return [r for r in self.stack.recorder.runs_of(job_id) if r.outcome == "execution_success"]
+
+    def final_run(self, job_id: str) -> FakeRun | None:
+        """The run whose outputs count: the last one to succeed on the server the job ended on."""
+        row = self.jobs.get(job_id)
+        fake = self.stack.fake_index(self.backends.get(row["backend_id"], "")) if row else -1
+        runs = [r for r in self.expected_runs(job_id) if r.fake == fake]
+        return max(runs, key=lambda r: (r.generation, r.ended or 0.0)) if runs else None
 
     def check_outputs(self) -> None:
         seen = collections.Counter()
@@ -777,12 +1052,11 @@ class Checker:
             if status != "succeeded":
                 self.flag("duplicate_outputs", job_id, f"{len(outs)} output(s) on a job that is {status}", len(outs))
                 continue
-            runs = self.expected_runs(job_id)
-            listed = {len(r.saved()) for r in runs}
-            if runs and len(outs) > max(listed):
+            run = self.final_run(job_id)
+            if run is not None and len(outs) > len(run.saved()):
                 self.flag("duplicate_outputs", job_id,
-                          f"{len(outs)} outputs, the history of its run(s) lists {sorted(listed)}",
-                          len(outs) - max(listed))
+                          f"{len(outs)} outputs, the history of the run that counts ({FAKES[run.fake][0]} generation "
+                          f"{run.generation}) lists {len(run.saved())}", len(outs) - len(run.saved()))
 
     # -- usage --------------------------------------------------------------------------
     def check_usage(self) -> None:
@@ -807,31 +1081,99 @@ class Checker:
 
     # -- what reached the fakes -----------------------------------------------------------
     def check_submissions(self) -> None:
-        self.resubmitted = 0
+        """A prompt id is POSTed again only once the server that held it lost it: that server restarted
+        (its generation ended) or was cut off between the two POSTs. The next POST may be on any server;
+        the copy a cut-off server kept must not start long after it can be reached again."""
+        self.resubmitted = self.moved = self.ran_twice = 0
+        recorder = self.stack.recorder
         for job_id, subs in self.submissions.items():
             row = self.jobs.get(job_id)
+            ran = [r for r in recorder.runs_of(job_id) if r.outcome == "execution_success"]
             if row is None:
-                runs = self.stack.recorder.runs_of(job_id)
-                ran = [r for r in runs if r.outcome == "execution_success"]
                 if ran:
                     self.flag("orphan_runs", job_id, f"ComfyUI ran prompt {job_id} to success {len(ran)} time(s) "
-                                                     f"but no job row has that id (submissions {subs})")
+                                                     f"but no job row has that id (submissions {self.fmt(subs)})")
                 else:
-                    self.info.append(f"prompt {job_id} reached a fake without a job row (never ran to the end): {subs}")
+                    self.info.append(f"prompt {job_id} reached a fake without a job row (never ran to the end): "
+                                     f"{self.fmt(subs)}")
                 continue
             if len(subs) > 1:
                 self.resubmitted += 1
-            fakes = {f for f, _ in subs}
-            gens = [g for _, g in subs]
-            if len(fakes) > 1:
-                self.flag("over_submitted", job_id, f"submitted to {len(fakes)} different ComfyUI servers: {subs}")
-            if len(subs) > 2:
-                self.flag("over_submitted", job_id, f"submitted {len(subs)} times: {subs}")
-            elif len(subs) == 2 and gens[1] is not None and gens[0] is not None and gens[1] <= gens[0]:
-                self.flag("over_submitted", job_id, f"submitted twice to the same ComfyUI generation: {subs}")
-            if len(subs) != row["submit_attempts"] and len(subs) > row["submit_attempts"]:
+                self.moved += len({post.fake for post in subs}) > 1
+            if len({(r.fake, r.generation) for r in ran}) > 1:
+                self.ran_twice += 1
+            for (f0, g0, t0, n0), (f1, g1, t1, _) in zip(subs, subs[1:]):
+                lost_at = recorder.generation_end(f0, g0)
+                if lost_at is not None and lost_at <= t1:
+                    continue  # the restart took it from that server
+                if not self.faults.cut_off_during(f0, t0, t1):
+                    self.flag("over_submitted", job_id,
+                              f"POSTed to {FAKES[f1][0]} (generation {g1}) at {self.t(t1)} while {FAKES[f0][0]} "
+                              f"still had it (POSTed there at {self.t(t0)}, generation {g0}, not cut off since, "
+                              + ("never restarted after)" if lost_at is None else
+                                 f"restarted only at {self.t(lost_at)})"))
+                    continue
+                # Cut off, not restarted: the copy it kept must be taken off once it can be reached again.
+                healed = self.faults.healed_after(f0, t0, t1)
+                late = [r for r in recorder.runs_of(job_id) if (r.fake, r.generation, r.number) == (f0, g0, n0)
+                        and r.started is not None and healed is not None and r.started > healed + STALE_GRACE_S]
+                if late:
+                    self.flag("ghost_prompts", job_id,
+                              f"its stale copy on {FAKES[f0][0]} started at {self.t(late[0].started)}, "
+                              f"{late[0].started - healed:.1f}s after {FAKES[f0][0]} could be reached again "
+                              f"(it had been sent to {FAKES[f1][0]} at {self.t(t1)})")
+            if len(subs) > row["submit_attempts"]:
                 self.flag("over_submitted", job_id, f"{len(subs)} submissions but submit_attempts="
-                                                    f"{row['submit_attempts']}")
+                                                    f"{row['submit_attempts']}: {self.fmt(subs)}")
+
+    def check_drains(self) -> None:
+        """While a server was drained, only what it held when the drain took effect reached it (once each)."""
+        self.drain_notes = []
+        for d in self.faults.drains:
+            name = FAKES[d.fake][0]
+            end = d.resume_asked if d.resume_asked is not None else float("inf")
+            claimed = {job_id for job_id, status in d.held.items() if status == "submitting"}
+            posted, elsewhere = collections.Counter(), 0
+            for job_id, subs in self.submissions.items():
+                for post in subs:
+                    if d.held_at <= post.at <= end:
+                        if post.fake == d.fake:
+                            posted[job_id] += 1
+                        else:
+                            elsewhere += 1
+            for job_id, n in posted.items():
+                if job_id not in claimed:
+                    held = d.held.get(job_id)
+                    self.flag("drain_violations", job_id,
+                              f"POSTed to {name} while it was drained ({self.t(d.held_at)} to {self.t(end)}); it "
+                              + (f"was already {held} there when the drain took effect" if held else
+                                 "was not held there when the drain took effect"))
+                elif n > 1:
+                    self.flag("drain_violations", job_id, f"POSTed {n} times to {name} while it was drained")
+            self.drain_notes.append(f"{name} drained {self.t(d.done)}..{self.t(end)}: held {len(d.held)} "
+                                    f"({len(claimed)} not yet sent), {sum(posted.values())} POST(s) there, "
+                                    f"{elsewhere} elsewhere")
+
+    def check_refusals(self) -> None:
+        for fake, prompt_id, why in self.stack.recorder.refusals():
+            self.flag("refused", prompt_id, f"{FAKES[fake][0]} refused the prompt (400): {why}")
+
+    def when(self, wall: float | None) -> str:
+        """`` at +12.34s (serving then: A B(draining) C(down); faults …)``: a time, the pool then, the faults before."""
+        if wall is None:
+            return ""
+        recent = [f"{self.t(at)} {kind}{' ' + FAKES[f][0] if f is not None else ''}{' ' + detail if detail else ''}"
+                  for at, kind, f, detail in self.faults.events if wall - 8 <= at <= wall]
+        return (f" at {self.t(wall)} (serving then: {self.stack.watch.serving_at(wall)}"
+                + (f"; faults in the 8s before: {'; '.join(recent[-4:])}" if recent else "") + ")")
+
+    def t(self, wall: float) -> str:
+        """A wall time as seconds since the soak's jobs started (how the evidence shows times)."""
+        return f"+{wall - self.t0:.2f}s"
+
+    def fmt(self, subs) -> str:
+        return "[" + ", ".join(f"{FAKES[p.fake][0]} gen {p.generation} #{p.number:g} at {self.t(p.at)}"
+                               for p in subs) + "]"
 
     # -- were the failures earned? ------------------------------------------------------------
     def check_failures(self) -> None:
@@ -850,8 +1192,14 @@ class Checker:
                     ok = any(r.outcome == "execution_error" and DELIBERATE in (r.error or "") for r in runs)
                     why = "no deliberate failure ran for it"
                 elif code == "backend_lost":
-                    ok = restarted
-                    why = "its ComfyUI server did not restart while it was active"
+                    # Lost while running more often than LOST_JOB_RETRIES allows: as many runs started
+                    # (one on each server that lost it), the last on a server that went away.
+                    started = [r for r in runs if r.started is not None]
+                    gone = restarted or self.faults.cut_off_during(fake, start, end)
+                    ok = gone and len(started) > LOST_JOB_RETRIES
+                    why = (f"only {len(started)} run(s) of it started, yet LOST_JOB_RETRIES={LOST_JOB_RETRIES} "
+                           f"should have run it again" if gone else
+                           "its ComfyUI server neither restarted nor was cut off while it was active")
                 elif code == "output_copy_failed":
                     ok = restarted
                     why = "its ComfyUI server did not restart while it was active (view faults alone are " \
@@ -909,31 +1257,27 @@ class Checker:
             except requests.RequestException as e:
                 got[(img["node_id"], img["index"])] = None
                 problems.append((1, f"image {img['node_id']}/{img['index']}: {e}"))
-        runs = self.expected_runs(job_id)
-        if not runs:
-            return job_id, problems + [(max(1, len(images)), "succeeded, but no fake ever ran it to success")], \
-                len(images)
-        best = None
-        for run in runs:
-            expected = run.saved()
-            missing = [(n, i) for n, i, b in expected if got.get((n, i)) is None]
-            differ = [(n, i) for n, i, b in expected if got.get((n, i)) is not None and got[(n, i)] != b]
-            score = len(missing) + len(differ)
-            if best is None or score < best[0]:
-                best = (score, missing, differ, run)
-        score, missing, differ, run = best
+        run = self.final_run(job_id)
+        if run is None:
+            where = self.backends.get(self.jobs[job_id]["backend_id"])
+            return job_id, problems + [(max(1, len(images)), f"succeeded on {where}, but that server never ran it "
+                                                              f"to success (runs elsewhere: "
+                                                              f"{len(self.expected_runs(job_id))})")], len(images)
+        expected = run.saved()
+        missing = [(n, i) for n, i, b in expected if got.get((n, i)) is None]
+        differ = [(n, i) for n, i, b in expected if got.get((n, i)) is not None and got[(n, i)] != b]
         if missing:
-            problems.append((len(missing), f"image(s) {missing} of run (fake {run.fake}, generation "
-                                           f"{run.generation}) are missing from the result"))
+            problems.append((len(missing), f"image(s) {missing} of the run that counts ({FAKES[run.fake][0]}, "
+                                           f"generation {run.generation}) are missing from the result"))
         if differ:
-            problems.append((len(differ), f"image(s) {differ} differ from what fake {run.fake} saved "
+            problems.append((len(differ), f"image(s) {differ} differ from what {FAKES[run.fake][0]} saved "
                                           f"(generation {run.generation})"))
         return job_id, problems, len(images)
 
     def check_fakes_idle(self) -> None:
         for i in range(len(self.stack.fakes)):
             for pid in self.stack.recorder.leftovers(i):
-                self.flag("ghost_prompts", pid, f"still queued/running on fake {i} after every job is final")
+                self.flag("ghost_prompts", pid, f"still queued/running on {FAKES[i][0]} after every job is final")
 
     # -- reporting -------------------------------------------------------------------------
     def evidence(self, job_id: str, logs: str) -> str:
@@ -942,18 +1286,34 @@ class Checker:
             lines.append(f"  - {why}")
         row = self.jobs.get(job_id)
         if row:
-            keep = ("status", "error_code", "error_message", "submit_attempts", "backend_id", "client_id",
+            keep = ("status", "error_code", "error_message", "submit_attempts", "lost_retries", "client_id",
                     "cancel_requested", "number", "created_at", "submitted_at", "started_at", "finished_at")
-            lines.append("  row: " + ", ".join(f"{k}={row[k]}" for k in keep))
+            where = self.stack.fake_index(self.backends.get(row["backend_id"], ""))
+            lines.append(f"  row: backend={FAKES[where][0] if where >= 0 else row['backend_id']}, "
+                         + ", ".join(f"{k}={row[k]}" for k in keep))
         rec = self.known.get(job_id)
         if rec:
-            lines.append(f"  app: request {rec.spec.n}, params {rec.spec.params}, cancel={rec.cancel}, "
+            lines.append(f"  app: request {rec.spec.n}, {rec.spec.workflow} {rec.spec.params}, cancel={rec.cancel}, "
                          f"deliberate_failure={rec.spec.fail_fake is not None}, last status "
                          f"{(rec.last or {}).get('status')}")
-        lines.append(f"  submissions (fake, generation): {self.submissions.get(job_id, [])}")
+        lines.append(f"  submissions: {self.fmt(self.submissions.get(job_id, []))}")
         for run in self.stack.recorder.runs_of(job_id):
-            lines.append(f"  fake run: fake {run.fake} gen {run.generation} number {run.number} outcome "
-                         f"{run.outcome} images {[(n, i, len(b or b'')) for n, i, b in run.saved()]}")
+            lines.append(f"  fake run: {FAKES[run.fake][0]} gen {run.generation} number {run.number} "
+                         f"{self.t(run.started) if run.started else '-'}..{self.t(run.ended) if run.ended else '-'} "
+                         f"outcome {run.outcome} images {[(n, i, len(b or b'')) for n, i, b in run.saved()]}")
+        if row:
+            born = row["created_at"].replace(tzinfo=timezone.utc).timestamp()
+            died = (row["finished_at"] or now_utc()).replace(tzinfo=timezone.utc).timestamp()
+            fakes = {post.fake for post in self.submissions.get(job_id, [])}
+            seen = [f"{self.t(at)} {kind}{' ' + FAKES[f][0] if f is not None else ''}{' ' + detail if detail else ''}"
+                    for at, kind, f, detail in self.faults.events
+                    if born - 1 <= at <= died + 1 and (f is None or f in fakes)]
+            if seen:
+                lines.append(f"  faults meanwhile: {'; '.join(seen[:12])}")
+        for d in self.faults.drains:
+            if job_id in d.held:
+                lines.append(f"  held ({d.held[job_id]}) by {FAKES[d.fake][0]} when it was drained at "
+                             f"{self.t(d.done)}")
         lines.append(f"  outputs: {[(o['node_id'], o['idx'], o['bytes']) for o in self.outputs.get(job_id, [])]}")
         lines.append(f"  usage: {[(u['status'], u['images']) for u in self.usage.get(job_id, [])]}")
         matching = [ln for ln in logs.splitlines() if job_id in ln]
@@ -969,7 +1329,7 @@ class Checker:
 
 SUMMARY_KEYS = ("lost", "stuck", "duplicate_outputs", "duplicate_usage", "image_mismatches")
 CHECK_KEYS = ("extra_jobs", "over_submitted", "orphan_runs", "usage_mismatches", "unexplained_failures",
-              "cancels_ignored", "ghost_prompts", "submit_abandoned", "api_errors")
+              "cancels_ignored", "ghost_prompts", "submit_abandoned", "api_errors", "drain_violations", "refused")
 
 
 def parse_args(argv=None):
@@ -1011,7 +1371,8 @@ def main(argv=None) -> int:
             traceback.print_exc()
             return 2
         say(f"soak: stack up in {time.monotonic() - started:.1f}s (API {stack.base}, fakes "
-            f"{', '.join(f.base_url for f in stack.fakes)}, database {stack.db_name})")
+            f"{', '.join(f'{name} {f.base_url}' for (name, _), f in zip(FAKES, stack.fakes))}, "
+            f"database {stack.db_name})")
 
         specs = make_specs(rng, args.jobs, args.users, args.cancel_ratio, args.fail_ratio)
         faults = FaultInjector(stack, random.Random(rng.random()), 0 if args.no_faults else args.jobs,
@@ -1020,7 +1381,7 @@ def main(argv=None) -> int:
             faults.plan = []
         armed: collections.Counter = collections.Counter()
         armed_lock = threading.Lock()
-        push_started = time.monotonic()
+        push_started, push_wall = time.monotonic(), time.time()
         faults.start()
         records: list[JobRecord] = []
         with ThreadPoolExecutor(args.concurrency, thread_name_prefix="app") as pool:
@@ -1037,34 +1398,34 @@ def main(argv=None) -> int:
                         f"faults so far: {sum(faults.counts.values())})")
         push_s = time.monotonic() - push_started
         faults.stop()
-        for fake in stack.fakes:  # nothing lingering: the drain runs fault-free
+        for fake in stack.fakes:  # nothing lingering: settling runs fault-free
             fake.go_silent(False)
             fake.delay_history(0)
             fake.slow_view(0)
         stack.start_listener("listener")
-        say(f"soak: pushed in {push_s:.1f}s; faults: {faults.summary()}; draining")
+        say(f"soak: pushed in {push_s:.1f}s; faults: {faults.summary()}; settling")
 
-        drain_started = time.monotonic()
+        settle_started = time.monotonic()
         conn = connect(stack.db_url)
         try:
             while True:
                 active = query(conn, "SELECT COUNT(*) AS n FROM jobs WHERE status IN ('submitting','queued','running')")
-                if active[0]["n"] == 0 or time.monotonic() - drain_started > args.timeout:
+                if active[0]["n"] == 0 or time.monotonic() - settle_started > args.timeout:
                     break
                 time.sleep(0.5)
         finally:
             conn.close()
         time.sleep(3.0)  # anything late (a second finalize, a stray resubmission) shows up before the checks
-        drain_s = time.monotonic() - drain_started
+        settle_s = time.monotonic() - settle_started
 
-        checker = Checker(stack, app, records, faults, armed)
+        checker = Checker(stack, app, records, faults, armed, push_wall)
         checker.run()
         c = checker.counts
         statuses = collections.Counter(r["status"] for r in checker.jobs.values() if r["id"] in checker.known)
         print(f"jobs={args.jobs} succeeded={statuses['succeeded']} failed={statuses['failed']} "
               f"cancelled={statuses['cancelled']} " + " ".join(f"{k}={c[k]}" for k in SUMMARY_KEYS), flush=True)
         total_s = time.monotonic() - started
-        print(f"faults: {faults.summary()} duration={total_s:.1f}s (push {push_s:.1f}s, drain {drain_s:.1f}s)")
+        print(f"faults: {faults.summary()} duration={total_s:.1f}s (push {push_s:.1f}s, settle {settle_s:.1f}s)")
         codes = " ".join(f"{k}={v}" for k, v in sorted(checker.error_codes.items())) or "none"
         consumed = sum(1 for runs in list(stack.recorder.runs.values()) for r in runs
                        if r.outcome == "execution_error" and DELIBERATE in (r.error or ""))
@@ -1075,7 +1436,13 @@ def main(argv=None) -> int:
         print("cancel requests (answer->final status): "
               + " ".join(f"{k}={v}" for k, v in sorted(cancels.items(), key=str)))
         print("checks: " + " ".join(f"{k}={c[k]}" for k in CHECK_KEYS)
-              + f" resubmitted={checker.resubmitted} images_checked={c['images_checked']}")
+              + f" resubmitted={checker.resubmitted} moved={checker.moved} ran_twice={checker.ran_twice}"
+              f" images_checked={c['images_checked']}")
+        print("pool: " + " ".join(
+            f"{name}(posts={sum(1 for subs in checker.submissions.values() for p in subs if p.fake == i)}, "
+            f"restarts={len(stack.recorder.generation_ends[i])})" for i, (name, _) in enumerate(FAKES)))
+        for line in checker.drain_notes:
+            print(f"drain: {line}")
         for line in checker.info[:10]:
             print(f"note: {line}")
         if faults.failed:

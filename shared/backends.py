@@ -99,6 +99,15 @@ def serving(conn, urls, *, lock: bool = False) -> list[dict]:
     return rows
 
 
+def known(conn, urls) -> list[dict]:
+    """Every configured backend whose capabilities are known, whatever its state (reconnecting, draining...)."""
+    if not urls:
+        return []
+    marks = ",".join(["%s"] * len(urls))
+    return query(conn, f"SELECT id, url, capabilities_hash FROM backends WHERE url IN ({marks}) "
+                       "AND capabilities_hash IS NOT NULL ORDER BY id", tuple(urls))
+
+
 def capabilities(conn, rows: list[dict], cache) -> dict[int, dict]:
     """The parsed capabilities of these backend rows, read from the database only when they changed."""
     out, wanted = {}, []

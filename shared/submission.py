@@ -65,9 +65,12 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
 
     with ctx.db.connection() as conn:
         pool = backends.serving(conn, ctx.config.comfyui_urls)
-        caps = backends.capabilities(conn, pool, ctx.capabilities_cache)
-    # Bad parameters are the caller's to fix whatever the servers do: check them first.
-    choices = capabilities.union_choices(caps.values()) if caps else None
+        offered = backends.capabilities(conn, backends.known(conn, ctx.config.comfyui_urls), ctx.capabilities_cache)
+    caps = {b["id"]: offered[b["id"]] for b in pool if b["id"] in offered}
+    # Bad parameters are the caller's to fix whatever the servers do: check them first. A value is bad
+    # (400) when no server of the pool offers it; one offered only by servers that cannot take jobs
+    # this moment (reconnecting, draining) is a 503 below.
+    choices = capabilities.union_choices(offered.values()) if offered else None
     _, resolved = workflow.fill(params, {name: "pending" for name in inputs}, choices=choices)
     job_id = str(uuid.uuid4())
     with contextlib.ExitStack() as held:
@@ -77,7 +80,7 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
             held.callback(uploads[name]["file"].close)
         graph, resolved = workflow.fill(resolved, {name: comfy_name(u) for name, u in uploads.items()},
                                         choices=choices)
-        needs = capabilities.needs_of(graph, {k for c in caps.values() for k in c.get("choices", {})},
+        needs = capabilities.needs_of(graph, {k for c in offered.values() for k in c.get("choices", {})},
                                       skip=workflow.input_targets())
         able = [b for b in pool if capabilities.can_run(needs, caps.get(b["id"]))]
         if not able:

@@ -430,6 +430,23 @@ def test_a_drained_server_finishes_what_it_holds_and_takes_nothing_new_until_res
     assert p.refusals() == {"one": 0, "two": 0}
 
 
+def test_a_value_only_a_draining_server_offers_is_a_503_to_retry_never_a_400(pool, monkeypatch, capsys):
+    """400 is for values no server of the pool offers; one that cannot take jobs this moment is a 503."""
+    p = pool(sd15=serves("sd15"), sdxl=serves("sdxl"))
+    p.start_listener()
+    code, _ = gateway(p, monkeypatch, capsys, "backends", "drain", p.urls["sdxl"])
+    assert code == 0
+    r = p.post("alice", checkpoint=SDXL)
+    assert r.status_code == 503 and r.headers["Retry-After"], r.get_data(as_text=True)
+    assert r.get_json()["error"]["code"] == "backend_unavailable"
+    r = p.post("alice", checkpoint="nobody-has-this.safetensors")
+    assert r.status_code == 400 and r.get_json()["error"]["details"]["checkpoint"].startswith("must be one of")
+    gateway(p, monkeypatch, capsys, "backends", "resume", p.urls["sdxl"])
+    job = p.submit("alice", checkpoint=SDXL)
+    assert p.wait_final([job["id"]])[job["id"]]["status"] == "succeeded" and p.landed(job["id"]) == ["sdxl"]
+    assert p.refusals() == {"sd15": 0, "sdxl": 0}
+
+
 # 6. Capabilities refreshed: after a restart with other models, and on `gateway backends refresh` ---------
 
 def test_routing_and_workflows_follow_a_servers_new_models_without_an_api_restart(pool, monkeypatch, capsys):
