@@ -1,6 +1,6 @@
 """Status-poll throughput and latency through gunicorn, and the listener's event rate.
 
-    .venv/bin/python bench/bench_api.py [--seconds 5] [--clients 16] [--baseline REV | --no-baseline]
+    .venv/bin/python bench/bench_api.py [--seconds 5] [--clients 16] [--rounds 2] [--baseline REV | --no-baseline]
 
 Part 1 starts `gateway serve` (real gunicorn, 2 workers, real MariaDB: TEST_DATABASE_URL or
 127.0.0.1:3306, else a private server) with 1,000 jobs in the table and polls
@@ -12,7 +12,8 @@ the parser and prints frames per second.
 
 The baseline: the same script of commit REV (default f08a386, the release
 before the gateway queue), run from a temporary git worktree in the same run,
-so both numbers come from the same machine at the same time. Numbers are for
+alternating with this tree for --rounds rounds, so both numbers come from the
+same machine at the same time. Numbers are for
 this machine; compare runs, not machines.
 """
 
@@ -160,12 +161,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--baseline", default="f08a386", help="git revision to measure alongside (default f08a386)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=None)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate this tree and the baseline this many times")
     args = parser.parse_args()
-    bench_parser()
-    bench_polls(args)
-    bench_polls(args, waiting=True)
-    if args.baseline:
-        baseline(args)
+    for n in range(args.rounds):  # alternating, so a drift of the machine hits both
+        print(f"round {n + 1}:")
+        bench_parser()
+        bench_polls(args)
+        bench_polls(args, waiting=True)
+        if args.baseline:
+            baseline(args)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
     the run on the server that holds it counts.
     """
     with ctx.db.connection() as conn:
-        job = jobs.get_job(conn, job_id)
+        job = jobs.get_row(conn, job_id)
     if job is None:
         return "unknown"
     if backend_id is not None and job["status"] not in jobs.FINAL and job["backend_id"] != backend_id:

@@ -84,7 +84,7 @@ class Tracker:
         if self.running and self.running.job["id"] == prompt_id:
             return self.running.job
         with self.ctx.db.connection() as conn:
-            job = jobs.get_job(conn, prompt_id)
+            job = jobs.get_row(conn, prompt_id)
         if job is None:
             self.unknown[prompt_id] = None
             if len(self.unknown) > UNKNOWN_IDS_KEPT:

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 FINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("submitting", "queued", "running")
 
-_COLUMNS = "j.*"
+# What apps are shown of a job (the status poll reads only these: never the graph it sent).
+_COLUMNS = ("j.id, j.user_id, j.workflow, j.status, j.backend_id, j.servers, j.progress_percent, j.progress_node, "
+            "j.progress_value, j.progress_max, j.preview_key, j.error_code, j.error_message, j.error_node_id, "
+            "j.error_node_type, j.params, j.version, j.request_hash, j.created_at, j.started_at, j.finished_at")
 
 
 def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, prompt: dict,
@@ -44,21 +47,29 @@ def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, 
 # * in the gateway queue: the waiting jobs before it in fair order that compete for a server
 #   able to run it, plus the jobs those servers hold and have not started yet (those start first).
 #   ``capable`` has a bit per server able to run the job (backend id % 64), set at submit.
-_AHEAD = """IF(j.status IN ('submitting','queued'), IF(j.backend_id IS NULL,
-              (SELECT COUNT(*) FROM jobs q WHERE q.status='queued' AND q.backend_id IS NULL
+# Each count says in its WHERE which jobs it is for, so the database skips the others' outright
+# (the row of j is a constant there: an impossible WHERE costs nothing).
+_AHEAD = """IF(j.status IN ('submitting','queued'),
+              (SELECT COUNT(*) FROM jobs q WHERE j.backend_id IS NULL AND q.status='queued' AND q.backend_id IS NULL
                  AND (q.fair_rank < j.fair_rank OR (q.fair_rank = j.fair_rank AND (q.created_at < j.created_at
                       OR (q.created_at = j.created_at AND q.id < j.id))))
                  AND (q.capable & j.capable) <> 0)
-              + (SELECT COUNT(*) FROM jobs h WHERE h.status IN ('submitting','queued') AND h.backend_id IS NOT NULL
-                 AND (j.capable >> (h.backend_id %% 64)) & 1),
-              (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('submitting','queued')
-                 AND q.id <> j.id AND (j.number IS NULL OR q.number < j.number))), 0) AS ahead,
+              + (SELECT COUNT(*) FROM jobs h WHERE j.backend_id IS NULL AND h.status IN ('submitting','queued')
+                 AND h.backend_id IS NOT NULL AND (j.capable >> (h.backend_id %% 64)) & 1)
+              + (SELECT COUNT(*) FROM jobs q WHERE q.backend_id=j.backend_id AND q.status IN ('submitting','queued')
+                 AND q.id <> j.id AND (j.number IS NULL OR q.number < j.number)), 0) AS ahead,
            ws.run_seconds"""
 _FROM = "jobs j LEFT JOIN workflow_stats ws ON ws.workflow=j.workflow"
 
 
+def get_row(conn, job_id: str) -> dict | None:
+    """The whole row of a job (its graph, needs, inputs...), for the gateway's own use; None if not found."""
+    return _decode(query_one(conn, "SELECT * FROM jobs WHERE id=%s", (job_id,)))
+
+
 def get_job(conn, job_id: str, user_id: str | None = None) -> dict | None:
-    """One job with its queue position, in one indexed read (None if not found or not the user's)."""
+    """What an app sees of one job, queue position and mean run time included, in one indexed read
+    (None if not found or not the user's)."""
     sql = f"SELECT {_COLUMNS}, {_AHEAD} FROM {_FROM} WHERE j.id=%s"
     args = [job_id]
     if user_id is not None:
@@ -75,7 +86,7 @@ def find_by_idempotency_key(conn, user_id: str, key: str) -> dict | None:
 def jobs_on_backend(conn, backend_id: int, statuses=ACTIVE) -> list[dict]:
     """The jobs a backend holds in the given states, oldest first."""
     marks = ",".join(["%s"] * len(statuses))
-    return [_decode(r) for r in query(conn, f"SELECT {_COLUMNS}, NULL AS ahead FROM jobs j WHERE j.backend_id=%s "
+    return [_decode(r) for r in query(conn, f"SELECT j.*, NULL AS ahead FROM jobs j WHERE j.backend_id=%s "
                                             f"AND j.status IN ({marks}) ORDER BY j.created_at, j.id",
                                       (backend_id, *statuses))]
 

@@ -33,7 +33,7 @@ def graph_steps(graph: dict) -> int:
 def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0) -> bool:
     """Write the usage record of a final job (no-op if it exists or the job is not final)."""
     from shared import jobs
-    job = jobs.get_job(conn, job_id)
+    job = jobs.get_row(conn, job_id)
     if job is None or job["status"] not in jobs.FINAL:
         return False
     outputs = jobs.list_outputs(conn, job_id) if job["status"] == "succeeded" else []
