@@ -150,3 +150,13 @@ def wait_for(predicate, timeout: float, message: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(message)
+
+
+def sql(database_url, text: str, args=None) -> list[dict]:
+    """Run one query on a fresh connection (tests read what the processes wrote)."""
+    from shared.db import connect, query
+    conn = connect(database_url)
+    try:
+        return query(conn, text, args)
+    finally:
+        conn.close()

@@ -28,10 +28,9 @@ from functions.app import create_app
 from listener.connection import Listener
 from shared import backends, cli
 from shared.context import Context
-from shared.db import connect, query
 from tests.fakes.comfyui import FakeComfy
 from tests.listener.conftest import FAST
-from tests.stack import config_env, wait_for
+from tests.stack import config_env, sql, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -112,11 +111,7 @@ class Pool:
 
     # -- the database -----------------------------------------------------------------------
     def sql(self, text: str, args=None) -> list[dict]:
-        conn = connect(self.database_url)
-        try:
-            return query(conn, text, args)
-        finally:
-            conn.close()
+        return sql(self.database_url, text, args)
 
     def backend(self, name: str) -> dict:
         return self.sql("SELECT * FROM backends WHERE url=%s", (self.urls[name],))[0]

@@ -6,11 +6,11 @@ import pytest
 
 from listener.connection import Listener
 from shared.context import Context
-from shared.db import connect, query, query_one
+from shared.db import connect, query_one
 from shared.submission import submit
 from shared.users import get_or_create_user
 from tests.fakes.comfyui import FakeComfy
-from tests.stack import wait_for
+from tests.stack import sql, wait_for
 
 FAST = {"RATE_LIMIT_PER_MINUTE": "0", "MAX_ACTIVE_JOBS": "0", "DAILY_JOB_QUOTA": "0"}
 
@@ -55,11 +55,7 @@ class Harness:
         return row["id"]
 
     def sql(self, text: str, args=None) -> list[dict]:
-        conn = connect(self.database_url)
-        try:
-            return query(conn, text, args)
-        finally:
-            conn.close()
+        return sql(self.database_url, text, args)
 
     def job(self, job_id: str) -> dict:
         return self.sql("SELECT * FROM jobs WHERE id=%s", (job_id,))[0]
