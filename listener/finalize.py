@@ -15,6 +15,7 @@ import time
 from shared import jobs
 from shared.comfy import ComfyError, ComfyNotFoundError, ComfyProtocolError
 from shared.images import HeadCapture, sniff
+from shared.pool.dispatch import ATTEMPT_KEY
 from shared.usage import write_usage
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,18 @@ def _messages(entry: dict) -> dict:
         if isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict):
             found.setdefault(item[0], item[1])
     return found
+
+
+def current_attempt(entry: dict, job: dict) -> bool:
+    """Whether a history entry is of the job's current attempt, not of an earlier run of the same prompt id
+    on this server (one that was taken off it while the job went to the gateway queue, then came back).
+
+    Entries without the attempt tag (prompts sent before the tag existed) count as current.
+    """
+    prompt = entry.get("prompt") if isinstance(entry, dict) else None
+    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 and isinstance(prompt[3], dict) else {}
+    attempt = extra.get(ATTEMPT_KEY)
+    return attempt is None or attempt == job["submit_attempts"]
 
 
 def outcome(entry: dict) -> str:
@@ -215,6 +228,8 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
             if hint is None:
                 raise
             return apply_hint(ctx, job_id, hint, backend_url)
+    if not current_attempt(entry, job):
+        raise HistoryPendingError(f"job {job_id}: the history entry is of an earlier attempt")
     result = outcome(entry)
     gpu, queue = _timing(entry)
     if result == "succeeded":

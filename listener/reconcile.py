@@ -22,7 +22,7 @@ import logging
 import time
 from datetime import timedelta
 
-from listener.finalize import HistoryPendingError, finalize
+from listener.finalize import HistoryPendingError, current_attempt, finalize
 from shared.usage import write_usage
 from shared import jobs
 from shared.comfy import ComfyError
@@ -64,6 +64,8 @@ def reconcile(ctx, backend: dict, comfy, *, submit_grace_s: float,
             tick()
         try:
             entry = comfy.history(job["id"])
+            if entry is not None and not current_attempt(entry, job):
+                entry = None  # an earlier run of this prompt id here: not what became of this attempt
             if entry is not None or job["id"] in in_queue:
                 missing.pop(job["id"], None)
             if entry is not None:
@@ -212,7 +214,7 @@ def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, defau
             tick()
         if comfy is not None:
             try:
-                finished = _finished_on_comfy(comfy, job["id"], finalize_job)
+                finished = _finished_on_comfy(comfy, job, finalize_job)
                 failing.pop(job["id"], None)
                 if finished:
                     continue
@@ -249,13 +251,13 @@ def _overdue(ctx, job: dict, now, *, queue_timeout_s: float,
     return None
 
 
-def _finished_on_comfy(comfy, job_id: str, finalize_job) -> bool:
-    """True when ComfyUI has history of the job (then its finalization, not the clock, decides)."""
-    entry = comfy.history(job_id)
-    if entry is None:
+def _finished_on_comfy(comfy, job: dict, finalize_job) -> bool:
+    """True when ComfyUI has history of the job's current attempt (then its finalization, not the clock, decides)."""
+    entry = comfy.history(job["id"])
+    if entry is None or not current_attempt(entry, job):
         return False
     if finalize_job is not None:
-        _finalize(finalize_job, job_id, entry)
+        _finalize(finalize_job, job["id"], entry)
     return True
 
 

@@ -116,10 +116,15 @@ class ComfyClient:
             ctype = resp.headers.get("Content-Type", "")
             raise ComfyProtocolError(f"{what}: not JSON (Content-Type {ctype!r})") from None
 
-    def submit(self, graph: dict, *, client_id: str, prompt_id: str) -> int:
-        """Queue a prompt under our chosen id; return ComfyUI's queue number."""
-        resp = self._request("POST", "/prompt", json={"prompt": graph, "client_id": client_id,
-                                                      "prompt_id": prompt_id})
+    def submit(self, graph: dict, *, client_id: str, prompt_id: str, extra_data: dict | None = None) -> int:
+        """Queue a prompt under our chosen id; return ComfyUI's queue number.
+
+        ``extra_data`` is kept by ComfyUI with the prompt and shown in its history entry.
+        """
+        body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = extra_data
+        resp = self._request("POST", "/prompt", json=body)
         body = self._json(resp, "POST /prompt")
         if resp.status_code == 400:
             error = body.get("error") if isinstance(body, dict) else None

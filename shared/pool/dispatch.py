@@ -26,6 +26,7 @@ from shared.usage import write_usage
 log = logging.getLogger(__name__)
 
 CAPABILITY_ERRORS = ("value_not_in_list",)
+ATTEMPT_KEY = "gateway_attempt"  # sent in extra_data: a history entry says which attempt of the job it is
 
 
 @dataclass
@@ -95,7 +96,8 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
         for spec in (job.get("inputs") or {}).values():
             with ctx.store.open(spec["key"]) as f:
                 comfy.upload_image(spec["file"], f, spec["content_type"])
-        number = comfy.submit(job["prompt"], client_id=backend["client_id"], prompt_id=job_id)
+        number = comfy.submit(job["prompt"], client_id=backend["client_id"], prompt_id=job_id,
+                              extra_data={ATTEMPT_KEY: job["submit_attempts"]})
     except ComfyRejectedError as e:
         if _capability_refusal(e):
             # The server no longer offers what its stored capabilities said: read them again, run elsewhere.

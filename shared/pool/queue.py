@@ -69,7 +69,8 @@ def claim(conn, job: dict, backend: dict) -> bool:
 
 def claimed(conn, job_id: str) -> dict | None:
     """What sending a claimed job needs: its graph, input images, and where it stands (one primary-key read)."""
-    row = query_one(conn, "SELECT status, backend_id, prompt, inputs FROM jobs WHERE id=%s", (job_id,))
+    row = query_one(conn, "SELECT status, backend_id, submit_attempts, prompt, inputs FROM jobs WHERE id=%s",
+                    (job_id,))
     if row is not None:
         row["prompt"] = json.loads(row["prompt"])
         row["inputs"] = json.loads(row["inputs"]) if row["inputs"] else None

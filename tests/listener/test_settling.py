@@ -385,3 +385,31 @@ def test_cancel_requested_job_still_in_the_queue_is_removed_and_cancelled(harnes
     job = h.wait_final(job_id, 5)
     assert job["status"] == "cancelled" and len(h.usage(job_id)) == 1
     assert not in_comfy_queue(fake, job_id)
+
+
+def test_an_earlier_attempts_history_never_settles_the_job_sent_again(harness_factory, fake):
+    """The job ran here, was taken off (it went back to the gateway queue) and came back to this server:
+    the interrupted first run's history is not what became of the second attempt."""
+    h = harness_factory(fake, RECONCILE_INTERVAL_S="0.3")
+    job_id = old_job(h, fake, 230, steps=40, send=False, age_s=0)
+    graph = json.loads(h.job(job_id)["prompt"])
+    comfy = h.ctx.comfy(fake.base_url)
+    comfy.submit(graph, client_id=OLD_CLIENT, prompt_id=job_id, extra_data={"gateway_attempt": 1})
+    wait_for(lambda: job_id in requests.get(f"{fake.base_url}/queue", timeout=5).json()["queue_running"][0][1:2],
+             10, "the first attempt never started")
+    comfy.interrupt(job_id)
+    wait_for(lambda: history(fake, job_id), 10, "no history of the first attempt")
+    assert interrupted(history(fake, job_id))
+    fake.pause()
+    number = comfy.submit(graph, client_id=OLD_CLIENT, prompt_id=job_id, extra_data={"gateway_attempt": 2})
+    conn = connect(h.database_url)
+    try:
+        execute(conn, "UPDATE jobs SET status='queued', number=%s, submit_attempts=2 WHERE id=%s", (number, job_id))
+    finally:
+        conn.close()
+    h.start_listener()
+    time.sleep(1.5)  # several reconciliations see the old entry
+    assert h.job(job_id)["status"] == "queued"
+    fake.resume()
+    job = h.wait_final(job_id, 20)
+    assert job["status"] == "succeeded" and len(h.outputs(job_id)) == 1
