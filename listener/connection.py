@@ -280,10 +280,11 @@ class BackendWorker(threading.Thread):
             unreachable_s = time.monotonic() - (self.unreachable_since or time.monotonic())
             if not self.released and unreachable_s >= RELEASE_AFTER_S:
                 # Gone, not a blip: what it held runs elsewhere (prompts it still has are taken off if it
-                # comes back, and a run that finished there anyway is not recorded).
-                self.released = True
+                # comes back, and a run that finished there anyway is not recorded). Done once it all went
+                # through; a failure halfway (the database) is retried on the next failed connect.
                 if release_held(self.ctx, {"id": self.backend_id, "url": self.url}):
                     self.kick_dispatch()
+                self.released = True
             if unreachable_s >= self.cfg.watchdog_s:
                 self._enforce_timeouts(None)
         except LeaseLostError:

@@ -187,14 +187,14 @@ def _timing(entry: dict) -> tuple[float, float]:
     return gpu, queue
 
 
-def apply_hint(ctx, job_id: str, hint: dict, backend_url: str) -> str:
+def apply_hint(ctx, job_id: str, hint: dict, backend_url: str, on: int | None = None) -> str:
     """Finish a job from what its final event said, when ComfyUI has no history of it."""
     with ctx.db.transaction() as conn:
         if hint["status"] == "cancelled":
-            jobs.mark_cancelled(conn, job_id)
+            jobs.mark_cancelled(conn, job_id, on=on)
         else:
             jobs.mark_failed(conn, job_id, code=hint["code"], message=hint["message"],
-                             node_id=hint.get("node_id"), node_type=hint.get("node_type"))
+                             node_id=hint.get("node_id"), node_type=hint.get("node_type"), on=on)
         write_usage(conn, job_id, backend_url)
     return hint["status"]
 
@@ -206,7 +206,8 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
     ``hint`` is what a final event said (error or interruption); it decides when
     history never shows up. Without one, raises HistoryPendingError when ComfyUI
     has no history for the job yet. With ``backend_id``, a job that has moved to
-    another server (it was requeued when this one went away) is left alone: only
+    another server (it was requeued when this one went away) is left alone, and
+    no state is recorded unless this server still holds the job when it is: only
     the run on the server that holds it counts.
     """
     with ctx.db.connection() as conn:
@@ -227,7 +228,7 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
         except HistoryPendingError:
             if hint is None:
                 raise
-            return apply_hint(ctx, job_id, hint, backend_url)
+            return apply_hint(ctx, job_id, hint, backend_url, on=backend_id)
     if not current_attempt(entry, job):
         raise HistoryPendingError(f"job {job_id}: the history entry is of an earlier attempt")
     result = outcome(entry)
@@ -238,12 +239,12 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
         except OutputCopyError as e:
             log.error("job %s: %s", job_id, e)
             with ctx.db.transaction() as conn:
-                jobs.mark_failed(conn, job_id, code="output_copy_failed", message=str(e))
+                jobs.mark_failed(conn, job_id, code="output_copy_failed", message=str(e), on=backend_id)
                 write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
             return "failed"
         with ctx.db.transaction() as conn:
             # Only the call that wins the state change records outputs (a cancel may have won).
-            changed = jobs.mark_succeeded(conn, job_id)
+            changed = jobs.mark_succeeded(conn, job_id, on=backend_id)
             if changed:
                 jobs.record_run_time(conn, job["workflow"], gpu)
                 for r in records:
@@ -256,12 +257,12 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
         return "succeeded" if changed else "unchanged"
     with ctx.db.transaction() as conn:
         if result == "cancelled":
-            jobs.mark_cancelled(conn, job_id)
+            jobs.mark_cancelled(conn, job_id, on=backend_id)
         else:
             err = _messages(entry).get("execution_error") or {}
             jobs.mark_failed(conn, job_id, code="execution_error",
                              message=(err.get("exception_message") or "ComfyUI reported an error").strip(),
-                             node_id=err.get("node_id"), node_type=err.get("node_type"))
+                             node_id=err.get("node_id"), node_type=err.get("node_type"), on=backend_id)
         write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
     log.info("job %s: %s", job_id, result)
     return result

@@ -26,7 +26,7 @@ from listener.finalize import HistoryPendingError, current_attempt, finalize
 from shared.usage import write_usage
 from shared import jobs
 from shared.comfy import ComfyError
-from shared.db import utcnow
+from shared.db import query_one, utcnow
 from shared.pool import queue
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _settle_missing(ctx, backend: dict, job: dict, *, now, submit_grace_s: float
         return "kept"  # its POST /prompt may still be in flight (even if a cancel is asked)
     if job["cancel_requested"]:
         with ctx.db.transaction() as conn:
-            jobs.mark_cancelled(conn, job_id)
+            jobs.mark_cancelled(conn, job_id, on=backend["id"])
             write_usage(conn, job_id, backend["url"])
         return "finalized"
     first_missed = missing.setdefault(job_id, clock())
@@ -160,23 +160,33 @@ def release_job(ctx, backend: dict, job: dict) -> str:
             if queue.requeue(conn, job["id"], backend["id"], lost=started):
                 log.warning("job %s: %s no longer has it (%s); back in the gateway queue", job["id"], backend["url"],
                             "it was running" if started else "not started")
+            elif _cancel_asked(conn, job["id"]) and jobs.mark_cancelled(conn, job["id"], on=backend["id"]):
+                write_usage(conn, job["id"], backend["url"])  # a cancel came meanwhile: nothing left to run
         return "requeued"
     with ctx.db.transaction() as conn:
-        if jobs.mark_failed(conn, job["id"], code="backend_lost",
+        if jobs.mark_failed(conn, job["id"], code="backend_lost", on=backend["id"],
                             message="the ComfyUI server running this job went away (it restarted or was lost)"):
             log.warning("job %s: lost by %s", job["id"], backend["url"])
         write_usage(conn, job["id"], backend["url"])
     return "lost"
 
 
+def _cancel_asked(conn, job_id: str) -> bool:
+    row = query_one(conn, "SELECT cancel_requested FROM jobs WHERE id=%s", (job_id,))
+    return bool(row and row["cancel_requested"])
+
+
 def release_held(ctx, backend: dict) -> int:
-    """The server is gone: release every job it holds (see ``release_job``); return how many."""
+    """The server is gone: release every job it holds (see ``release_job``); return how many.
+
+    Safe to call again: a job released already is no longer the server's.
+    """
     with ctx.db.connection() as conn:
         held = jobs.jobs_on_backend(conn, backend["id"])
     for job in held:
         if job["cancel_requested"]:
             with ctx.db.transaction() as conn:
-                jobs.mark_cancelled(conn, job["id"])
+                jobs.mark_cancelled(conn, job["id"], on=backend["id"])
                 write_usage(conn, job["id"], backend["url"])
         else:
             release_job(ctx, backend, job)
@@ -228,7 +238,7 @@ def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, defau
                 failing.pop(job["id"], None)
             _stop(comfy, job)
         with ctx.db.transaction() as conn:
-            if jobs.mark_failed(conn, job["id"], code="timeout", message=message):
+            if jobs.mark_failed(conn, job["id"], code="timeout", message=message, on=backend["id"]):
                 failed += 1
                 log.warning("job %s: %s", job["id"], message)
             write_usage(conn, job["id"], backend["url"])

@@ -159,30 +159,35 @@ def set_preview(conn, job_id: str, key: str) -> bool:
                          "WHERE id=%s AND status='running'", (key, utcnow(), job_id)) == 1
 
 
+# With ``on`` (a backend id), a final state is recorded only while that server holds the job: a run
+# on a server that lost the job (it went back to the gateway queue, maybe to another server) decides nothing.
+_HELD_BY = "AND (%s IS NULL OR backend_id <=> %s)"
+
+
 def mark_failed(conn, job_id: str, *, code: str, message: str, node_id: str | None = None,
-                node_type: str | None = None, from_states=ACTIVE) -> bool:
+                node_type: str | None = None, from_states=ACTIVE, on: int | None = None) -> bool:
     """Move an active job to failed with an error (no-op if it is already final)."""
     now = utcnow()
     marks = ",".join(["%s"] * len(from_states))
     return execute(conn, f"""UPDATE jobs SET status='failed', error_code=%s, error_message=%s, error_node_id=%s,
                              error_node_type=%s, finished_at=%s, version=version+1, updated_at=%s
-                             WHERE id=%s AND status IN ({marks})""",
-                   (code, message[:4000], node_id, node_type, now, now, job_id, *from_states)) == 1
+                             WHERE id=%s AND status IN ({marks}) {_HELD_BY}""",
+                   (code, message[:4000], node_id, node_type, now, now, job_id, *from_states, on, on)) == 1
 
 
-def mark_cancelled(conn, job_id: str) -> bool:
+def mark_cancelled(conn, job_id: str, *, on: int | None = None) -> bool:
     now = utcnow()
-    return execute(conn, """UPDATE jobs SET status='cancelled', finished_at=%s, version=version+1, updated_at=%s
-                            WHERE id=%s AND status IN ('submitting','queued','running')""",
-                   (now, now, job_id)) == 1
+    return execute(conn, f"""UPDATE jobs SET status='cancelled', finished_at=%s, version=version+1, updated_at=%s
+                             WHERE id=%s AND status IN ('submitting','queued','running') {_HELD_BY}""",
+                   (now, now, job_id, on, on)) == 1
 
 
-def mark_succeeded(conn, job_id: str) -> bool:
+def mark_succeeded(conn, job_id: str, *, on: int | None = None) -> bool:
     now = utcnow()
-    return execute(conn, """UPDATE jobs SET status='succeeded', progress_percent=100, finished_at=%s,
-                            version=version+1, updated_at=%s
-                            WHERE id=%s AND status IN ('submitting','queued','running')""",
-                   (now, now, job_id)) == 1
+    return execute(conn, f"""UPDATE jobs SET status='succeeded', progress_percent=100, finished_at=%s,
+                             version=version+1, updated_at=%s
+                             WHERE id=%s AND status IN ('submitting','queued','running') {_HELD_BY}""",
+                   (now, now, job_id, on, on)) == 1
 
 
 def delete_unsubmitted(conn, job_id: str) -> bool:

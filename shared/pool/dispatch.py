@@ -108,7 +108,8 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
             return Outcome(job_id, url, "requeued")
         log.info("job %s: ComfyUI rejected the prompt: %s", job_id, e)
         with ctx.db.transaction() as conn:
-            jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}")
+            jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}",
+                             on=backend["id"])
             write_usage(conn, job_id, url)
         return Outcome(job_id, url, "rejected", e)
     except ComfyUnreachableError as e:

@@ -385,3 +385,33 @@ def test_two_dispatchers_never_claim_a_job_twice_nor_overfill_a_server(make_conf
         for job_id in claimed:
             assert jobs.mark_succeeded(db_conn, job_id)
     assert len(seen) == 6 * sum(slots.values())
+
+
+def test_a_server_that_lost_the_job_records_no_final_state_for_it(db_conn):
+    """A run that ended on the server that lost the job (it moved on) decides nothing."""
+    a, b = fake_backend(db_conn, URL_A), fake_backend(db_conn, URL_B)
+    job_id = enqueue(db_conn, "alice")
+    assert queue.claim(db_conn, {"id": job_id, "user_id": "alice"}, a)
+    assert queue.requeue(db_conn, job_id, a["id"])
+    assert queue.claim(db_conn, {"id": job_id, "user_id": "alice"}, b)
+    assert not jobs.mark_succeeded(db_conn, job_id, on=a["id"])
+    assert not jobs.mark_failed(db_conn, job_id, code="output_copy_failed", message="x", on=a["id"])
+    assert not jobs.mark_cancelled(db_conn, job_id, on=a["id"])
+    assert row(db_conn, job_id)["status"] == "submitting"
+    assert jobs.mark_succeeded(db_conn, job_id, on=b["id"])
+
+
+def test_releasing_a_job_whose_cancel_came_meanwhile_cancels_it(make_config, db_conn):
+    from listener.reconcile import release_job
+    a = fake_backend(db_conn, URL_A)
+    job_id = enqueue(db_conn, "alice")
+    assert queue.claim(db_conn, {"id": job_id, "user_id": "alice"}, a)
+    seen = jobs.get_row(db_conn, job_id)  # what release_held read before the cancel landed
+    execute(db_conn, "UPDATE jobs SET cancel_requested=1 WHERE id=%s", (job_id,))
+    ctx = Context(make_config(COMFYUI_URLS=URL_A))
+    try:
+        release_job(ctx, {"id": a["id"], "url": URL_A}, seen)
+    finally:
+        ctx.db.close()
+    assert row(db_conn, job_id)["status"] == "cancelled"
+    assert query_one(db_conn, "SELECT COUNT(*) AS n FROM usage_records WHERE job_id=%s", (job_id,))["n"] == 1
