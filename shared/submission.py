@@ -27,6 +27,7 @@ from shared.uploads import ALLOWED_TYPES, check_upload, comfy_name
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 255
+SUBMIT_SENDS = 2  # prompts one submit request may send (its own, and one job fairly ahead of it at most)
 
 
 def request_hash(body: dict) -> str:
@@ -78,7 +79,7 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
         for name, value in inputs.items():
             uploads[name] = check_upload(ctx, user_id, value, f"inputs.{name}")
             held.callback(uploads[name]["file"].close)
-        graph, resolved = workflow.fill(resolved, {name: comfy_name(u) for name, u in uploads.items()},
+        graph, resolved = workflow.fill(resolved, {name: comfy_name(u, job_id, name) for name, u in uploads.items()},
                                         choices=choices)
         needs = capabilities.needs_of(graph, {k for c in offered.values() for k in c.get("choices", {})},
                                       skip=workflow.input_targets())
@@ -114,7 +115,7 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
 
     # A free slot takes the job now (no added latency); else it waits for the listener to send it.
     try:
-        outcome = dispatch(ctx).get(job_id)
+        outcome = dispatch(ctx, until=job_id, most=SUBMIT_SENDS).get(job_id)
     except Exception as e:  # the job is safely queued: the listener's sweep sends it
         log.warning("job %s: dispatch at submit failed (%s); left to the listener", job_id, e)
         outcome = None
@@ -145,7 +146,8 @@ def _store_inputs(ctx, user_id: str, job_id: str, uploads: dict) -> dict:
             key = f"users/{user_id}/jobs/{job_id}/input_{name}{ALLOWED_TYPES[upload['content_type']]}"
             upload["file"].seek(0)
             ctx.store.put_stream(key, upload["file"], upload["content_type"])
-            stored[name] = {"key": key, "file": comfy_name(upload), "content_type": upload["content_type"]}
+            stored[name] = {"key": key, "file": comfy_name(upload, job_id, name),
+                            "content_type": upload["content_type"]}
     except BaseException:
         _forget_inputs(ctx, stored)
         raise

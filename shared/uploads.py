@@ -106,6 +106,7 @@ def _read_capped(store, key: str, max_bytes: int):
     return data
 
 
-def comfy_name(upload: dict) -> str:
-    """The file name an upload gets on ComfyUI (sent there with the prompt, under this fixed name)."""
-    return f"gw_{upload['id']}{ALLOWED_TYPES[upload['content_type']]}"
+def comfy_name(upload: dict, job_id: str, input_name: str) -> str:
+    """The file name an input image gets on ComfyUI, sent there with the prompt: one per job and input,
+    so two jobs of one upload never share (and overwrite) a file on a server."""
+    return f"gw_{job_id}_{input_name}{ALLOWED_TYPES[upload['content_type']]}"

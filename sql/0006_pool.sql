@@ -14,7 +14,10 @@ ALTER TABLE jobs
     -- those servers as bits (1 << backend id % 64): queue_position counts only jobs competing for them
     ADD COLUMN capable       BIGINT UNSIGNED NOT NULL DEFAULT 18446744073709551615,
     ADD COLUMN lost_retries  INT          NOT NULL DEFAULT 0, -- times it was retried after its server lost it
-    ADD KEY ix_jobs_waiting (status, backend_id, fair_rank, created_at, id);
+    -- the fair order, covering the queue-position count (capable included)
+    ADD KEY ix_jobs_waiting (status, backend_id, fair_rank, created_at, id, capable),
+    -- each user's rounds (the current round at submit)
+    ADD KEY ix_jobs_waiting_user (status, backend_id, user_id, fair_rank);
 
 -- What each server offers (from /object_info), whether it takes new jobs, and how many
 -- prompts it may hold at once.

@@ -26,6 +26,7 @@ from shared.usage import write_usage
 log = logging.getLogger(__name__)
 
 CAPABILITY_ERRORS = ("value_not_in_list",)
+PAGE, MAX_PAGES = 100, 50  # a claim reads waiting jobs a page at a time, 5,000 at the most
 ATTEMPT_KEY = "gateway_attempt"  # sent in extra_data: a history entry says which attempt of the job it is
 
 
@@ -39,13 +40,17 @@ class Outcome:
     error: ComfyRejectedError | None = None
 
 
-def dispatch(ctx) -> dict[str, Outcome]:
-    """Send as many waiting jobs as the servers have free slots for; return what became of each."""
-    claims = claim(ctx)
+def dispatch(ctx, *, until: str | None = None, most: int | None = None) -> dict[str, Outcome]:
+    """Send waiting jobs to the free slots; return what became of each.
+
+    ``until``: stop once this job is claimed; ``most``: claim at most this many (a submit request
+    sends its own job and little else: the listener sends the rest).
+    """
+    claims = claim(ctx, until=until, most=most)
     return {job_id: send(ctx, job_id, backend) for job_id, backend in claims}
 
 
-def claim(ctx) -> list[tuple[str, dict]]:
+def claim(ctx, *, until: str | None = None, most: int | None = None) -> list[tuple[str, dict]]:
     """Assign waiting jobs to capable servers with free slots, in fair order; return (job id, backend)."""
     default_slots = ctx.config.comfyui_slots
     with ctx.db.transaction(isolation="READ COMMITTED") as conn:
@@ -54,7 +59,7 @@ def claim(ctx) -> list[tuple[str, dict]]:
         if not any(n > 0 for n in free.values()):
             return []
         caps = backends.capabilities(conn, pool, ctx.capabilities_cache)
-        waiting = queue.waiting(conn, lock=True)
+        waiting = queue.waiting(conn, lock=True, limit=PAGE)
         reach: dict[int, int] = {}  # how many waiting jobs each server can run (counted when first needed)
 
         def versatility(b: dict) -> int:
@@ -62,12 +67,15 @@ def claim(ctx) -> list[tuple[str, dict]]:
                 reach[b["id"]] = sum(capabilities.can_run(j["needs"], caps.get(b["id"])) for j in waiting)
             return reach[b["id"]]
 
-        claims = []
-        for job in waiting:
+        claims, seen = [], 0
+        while seen < len(waiting) and any(n > 0 for n in free.values()):
+            job = waiting[seen]
+            seen += 1
+            if seen == len(waiting) and len(waiting) % PAGE == 0 and len(waiting) < PAGE * MAX_PAGES:
+                # Jobs the free servers can run may wait further back (the head needs busy servers): read on.
+                waiting += queue.waiting(conn, lock=True, limit=PAGE, after=job)
             able = [b for b in pool if free[b["id"]] > 0 and capabilities.can_run(job["needs"], caps.get(b["id"]))]
             if not able:
-                if not any(n > 0 for n in free.values()):
-                    break
                 continue  # no free server can run this one: the next may run elsewhere
             # Same model first; then the server fewest other waiting jobs could use (keep the versatile ones
             # for the jobs only they can run); then the least busy.
@@ -81,6 +89,8 @@ def claim(ctx) -> list[tuple[str, dict]]:
                     best["last_model"] = job["model"]
                     backends.set_last_model(conn, best["id"], job["model"])
                 claims.append((job["id"], best))
+                if job["id"] == until or (most is not None and len(claims) >= most):
+                    break
     return claims
 
 

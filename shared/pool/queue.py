@@ -49,11 +49,18 @@ def enqueue(conn, *, job_id: str, user_id: str, workflow: str, params: dict, pro
              request_hash, now, now))
 
 
-def waiting(conn, *, limit: int = 100, lock: bool = False) -> list[dict]:
-    """The first waiting jobs in fair order (``lock``: claim-able rows only, locked, skipping locked ones)."""
-    rows = query(conn, f"""SELECT id, user_id, needs, model, fair_rank, submit_attempts FROM jobs
-                           WHERE {WAITING} AND cancel_requested=0 ORDER BY fair_rank, created_at, id LIMIT %s"""
-                 + (" FOR UPDATE SKIP LOCKED" if lock else ""), (limit,))
+def waiting(conn, *, limit: int = 100, lock: bool = False, after: dict | None = None) -> list[dict]:
+    """The first waiting jobs in fair order, or those after the job ``after`` (a row this returned);
+    ``lock``: claim-able rows only, locked, skipping locked ones."""
+    keyset, args = "", [limit]
+    if after is not None:
+        keyset = """AND (fair_rank > %s OR (fair_rank = %s AND (created_at > %s
+                    OR (created_at = %s AND id > %s))))"""
+        args = [after["fair_rank"], after["fair_rank"], after["created_at"], after["created_at"], after["id"], limit]
+    rows = query(conn, f"""SELECT id, user_id, needs, model, fair_rank, created_at, submit_attempts FROM jobs
+                           WHERE {WAITING} AND cancel_requested=0 {keyset}
+                           ORDER BY fair_rank, created_at, id LIMIT %s"""
+                 + (" FOR UPDATE SKIP LOCKED" if lock else ""), args)
     for r in rows:
         r["needs"] = json.loads(r["needs"]) if r["needs"] else {"classes": [], "values": {}}
     return rows

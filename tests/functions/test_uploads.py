@@ -81,7 +81,7 @@ def test_img2img_with_an_uploaded_image(stack, fake):
     job_id = r.get_json()["job"]["id"]
     assert PNG in fake.uploads.values()  # the very bytes reached ComfyUI's input folder
     sent = [p for p in fake.prompts if p["prompt_id"] == job_id][0]["graph"]
-    assert sent["10"]["inputs"]["image"] == f"gw_{up['id']}.png"
+    assert sent["10"]["inputs"]["image"] == f"gw_{job_id}_image.png"
     wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=h).get_json()["job"]["status"] == "succeeded", 20,
              "img2img did not finish")
 
@@ -107,7 +107,7 @@ def test_comfyui_gets_the_bytes_that_were_checked(stack, fake, db_conn):
     fake.resume()
     wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=h).get_json()["job"]["status"] == "succeeded", 30,
              "img2img did not finish")
-    assert fake.uploads[f"gw_{up['id']}.png"] == PNG
+    assert fake.uploads[f"gw_{job_id}_image.png"] == PNG
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "other_user", "expired", "never_uploaded", "unknown_id"])

@@ -415,3 +415,22 @@ def test_releasing_a_job_whose_cancel_came_meanwhile_cancels_it(make_config, db_
         ctx.db.close()
     assert row(db_conn, job_id)["status"] == "cancelled"
     assert query_one(db_conn, "SELECT COUNT(*) AS n FROM usage_records WHERE job_id=%s", (job_id,))["n"] == 1
+
+
+def test_a_claim_reads_past_a_long_head_that_only_busy_servers_can_run(make_config, db_conn):
+    """150 waiting jobs need the full server A; the 151st needs the free server B: B gets it."""
+    ids = {URL_A: serving_backend(db_conn, URL_A, caps=caps_with("m1.safetensors"), slots=1),
+           URL_B: serving_backend(db_conn, URL_B, caps=caps_with("m2.safetensors"), slots=1)}
+    ctx = Context(make_config(COMFYUI_URLS=POOL))
+    try:
+        head = enqueue(db_conn, "u0")
+        assert [job_id for job_id, _ in dispatch.claim(ctx)] == [head]  # A is full now
+        assert row(db_conn, head)["backend_id"] == ids[URL_A]
+        for n in range(150):
+            enqueue(db_conn, f"u{n + 1}")
+        tail = enqueue(db_conn, "late", model="m2.safetensors")
+        claims = dispatch.claim(ctx)
+        assert [job_id for job_id, _ in claims] == [tail]
+        assert row(db_conn, tail)["backend_id"] == ids[URL_B]
+    finally:
+        ctx.db.close()
