@@ -69,6 +69,9 @@ def heartbeat(conn, backend_id: int, owner: str) -> None:
     """Say that this listener (owner or standby) serves the backend and is alive."""
     execute(conn, "INSERT INTO backend_listeners (backend_id, owner, seen_at) VALUES (%s, %s, UTC_TIMESTAMP(3)) "
                   "ON DUPLICATE KEY UPDATE seen_at=VALUES(seen_at)", (backend_id, owner))
+    # Listeners killed without a goodbye leave a row: gone after a day (a few rows per backend at most).
+    execute(conn, "DELETE FROM backend_listeners WHERE backend_id=%s AND seen_at < UTC_TIMESTAMP(3) - INTERVAL 1 DAY",
+            (backend_id,))
 
 
 def forget_listener(conn, backend_id: int, owner: str) -> None:

@@ -190,11 +190,6 @@ def mark_succeeded(conn, job_id: str, *, on: int | None = None) -> bool:
                    (now, now, job_id, on, on)) == 1
 
 
-def delete_unsubmitted(conn, job_id: str) -> bool:
-    """Remove a row whose prompt certainly never reached ComfyUI."""
-    return execute(conn, "DELETE FROM jobs WHERE id=%s AND status='submitting'", (job_id,)) == 1
-
-
 # -- outputs -------------------------------------------------------------------
 
 def add_output(conn, *, job_id: str, node_id: str, index: int, key: str, content_type: str, size: int,
