@@ -21,6 +21,7 @@ from shared.storage import StorageError
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 256 * 1024
+MAX_JSON_DEPTH = 32  # no request of the contract nests deeper than a few levels
 
 
 @dataclass
@@ -44,11 +45,16 @@ class Request:
         if ctype != "application/json":
             raise InvalidJsonError("Content-Type must be application/json")
         try:
-            data = json.loads(self.body or b"null")
+            # Strict UTF-8: json.loads(bytes) would let raw surrogate bytes (ED A0 80) through.
+            data = json.loads((self.body or b"null").decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise InvalidJsonError() from None
+        except RecursionError:  # nesting deeper than the parser's stack
+            raise InvalidJsonError(f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
         if not isinstance(data, dict):
             raise InvalidJsonError("request body must be a JSON object")
+        if not _shallow(data):
+            raise InvalidJsonError(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
         if b"\\u" in self.body and not _is_text(data):
             # JSON can spell a lone UTF-16 surrogate ("\ud800"); it is no character and no
             # database, log line or response could hold it.
@@ -62,6 +68,21 @@ class Request:
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("missing bearer token")
         return token.strip()
+
+
+def _shallow(value, limit: int | None = None) -> bool:
+    """True when no array or object in the value is nested deeper than ``limit`` (without recursion)."""
+    limit = MAX_JSON_DEPTH if limit is None else limit
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return False
+                stack.append((child, depth + 1))
+    return True
 
 
 def _is_text(value) -> bool:

@@ -57,6 +57,15 @@ def assert_error(resp, status, code):
     (None, b'{"workflow": "txt2img", "params": {"prompt": "x"}, "\\udfff": 1}', "invalid_json", None),
     (None, b'{"workflow": "txt2img", "params": {"prompt": "x"}, "inputs": {"image": "\\ud83d"}}',
      "invalid_json", None),
+    # The same surrogate as raw bytes (not valid UTF-8), and bodies that are not UTF-8 at all.
+    (None, b'{"workflow": "txt2img", "params": {"prompt": "a \xed\xa0\x80 cat"}}', "invalid_json", None),
+    (None, b'{"workflow": "txt2img", "params": {"prompt": "caf\xe9"}}', "invalid_json", None),
+    (None, '{"workflow": "txt2img", "params": {"prompt": "x"}}'.encode("utf-16"), "invalid_json", None),
+    # Nesting: far past the parser's stack (a RecursionError), and past the sane depth.
+    pytest.param(None, b'{"params": ' + b"[" * 50000 + b"]" * 50000 + b"}", "invalid_json", None,
+                 id="nested-50000"),
+    pytest.param(None, b'{"workflow": "txt2img", "params": {"prompt": "x", "p": ' + b"[" * 40 + b"]" * 40 + b"}}",
+                 "invalid_json", None, id="nested-40"),
 ])
 def test_bad_submissions(client, token, body, raw, code, field):
     if raw is not None:
