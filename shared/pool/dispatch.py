@@ -32,7 +32,8 @@ ATTEMPT_KEY = "gateway_attempt"  # sent in extra_data: a history entry says whic
 
 @dataclass
 class Outcome:
-    """What became of one dispatched job: submitted, rejected (with ComfyUI's error), requeued or unclear."""
+    """What became of one dispatched job: submitted, rejected (with ComfyUI's error), requeued, unclear
+    (left to reconciliation) or moved (no longer this server's to send)."""
 
     job_id: str
     backend_url: str
