@@ -1,14 +1,15 @@
-"""GET /v1/files/{key}: serve a local-storage object behind a signed, expiring URL.
+"""GET /v1/files/{key}: serve a local-storage object behind a signed, expiring URL;
+POST /v1/files: the target of local storage's presigned upload forms.
 
 Only used with local-folder storage (development, single servers); with S3 the
 apps fetch presigned URLs from the bucket directly.
 """
 
-from email.parser import BytesParser
-from email.policy import HTTP
+import io
 
 from shared.errors import ForbiddenError, InvalidUploadError, NotFoundError, PayloadTooLargeError
 from shared.http import Response, lambda_handler
+from shared.multipart import FilePart, MultipartError, parse_form
 
 # The form's fields (key, content type, size range, expiry, signature) and the file: a handful.
 MAX_FORM_PARTS = 20
@@ -43,31 +44,15 @@ def download(ctx, req):
 handler = lambda_handler(download)
 
 
-def parse_multipart(content_type: str, body: bytes) -> tuple[dict, tuple[str, bytes] | None]:
-    """Split a multipart/form-data body into (text fields, (file part type, file bytes))."""
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise InvalidUploadError("send the image as multipart/form-data")
-    # Anyone may post here before the form's signature is checked: bound the parser's work first.
-    boundary = content_type.partition("boundary=")[2].split(";")[0].strip().strip('"').encode("latin-1", "replace")
-    if not boundary or body.count(b"--" + boundary) > MAX_FORM_PARTS + 1:
-        raise InvalidUploadError(f"a form of at most {MAX_FORM_PARTS} parts, with a boundary, is expected")
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict, FilePart | None]:
+    """Split a multipart/form-data body into (text fields, the file part or None), or 400 invalid_upload.
+
+    The file part's bytes are not read here: call its ``data()`` once the fields are trusted.
+    """
     try:
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-    except (RecursionError, ValueError, UnicodeError):
-        raise InvalidUploadError("malformed multipart body") from None
-    if not message.is_multipart():
-        raise InvalidUploadError("malformed multipart body")
-    fields, file = {}, None
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not name:
-            continue
-        if part.get_filename() is not None or name == "file":
-            file = (part.get_content_type(), part.get_payload(decode=True) or b"")
-        else:
-            fields[name] = (part.get_payload(decode=True) or b"").decode("utf-8", errors="replace")
-    return fields, file
+        return parse_form(content_type, body, max_parts=MAX_FORM_PARTS)
+    except MultipartError as e:
+        raise InvalidUploadError(f"malformed upload form: {e}") from None
 
 
 def upload(ctx, req):
@@ -77,6 +62,7 @@ def upload(ctx, req):
         raise NotFoundError("no such endpoint")
     from shared.storage import ExpiredError, SignatureError, UploadSizeError
     fields, file = parse_multipart(req.header("content-type") or "", req.body)
+    # Anyone may post here: the signature is checked before the file's bytes are looked at.
     try:
         policy = store.verify_post(fields)
     except ExpiredError:
@@ -85,10 +71,12 @@ def upload(ctx, req):
         raise ForbiddenError("this upload form is not valid") from None
     if file is None:
         raise InvalidUploadError("no file part named 'file'")
-    part_type, data = file
-    if part_type != policy["content_type"] and part_type != "application/octet-stream":
+    if file.content_type not in (policy["content_type"], "application/octet-stream"):
         raise InvalidUploadError(f"the file must be {policy['content_type']}")
-    import io
+    try:
+        data = file.data()
+    except MultipartError as e:
+        raise InvalidUploadError(f"malformed upload form: {e}") from None
     try:
         store.save_upload(policy["key"], io.BytesIO(data), policy["max_bytes"], min_bytes=policy["min_bytes"],
                           content_type=policy["content_type"])

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 HEAD_BYTES = 64 * 1024  # enough for a JPEG's frame header after typical EXIF/ICC segments
+# Segments a JPEG may have before its frame header: phones write a few dozen, extended XMP
+# (depth maps, up to 64 KiB a segment) a few hundred.
+MAX_JPEG_SEGMENTS = 4096
+
+_JPEG_FILL = re.compile(rb"\xff+")  # a marker's 0xFF and any fill bytes before it
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
 def sniff(head: bytes) -> tuple[str, int | None, int | None] | None:
@@ -24,20 +31,32 @@ def sniff(head: bytes) -> tuple[str, int | None, int | None] | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
+    # Walk the marker segments between SOI and the frame header: each costs a few steps of
+    # Python whatever its length, fill bytes are skipped by the regex engine, and a file that
+    # is not this shape (a stray byte, a scan or the end before a frame header, endless
+    # segments) stops the walk, so no content makes this cost more than MAX_JPEG_SEGMENTS steps.
     i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+    for _ in range(MAX_JPEG_SEGMENTS + 1):  # the segments, then the frame header
+        fill = _JPEG_FILL.match(data, i)
+        if fill is None or fill.end() >= len(data):
+            return None, None  # not a marker where one must be, or the data ends
+        marker = data[fill.end()]
+        i = fill.end() + 1
+        if marker in _JPEG_SOF:
+            if i + 7 > len(data):
+                return None, None
+            h, w = struct.unpack(">HH", data[i + 3:i + 7])  # length, precision, height, width
             return w, h
-        i += 2 + seg_len
+        if marker in (0xDA, 0xD9, 0x00):  # a scan or the end before any frame header; 0xFF00 is no marker
+            return None, None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: markers without a length
+            continue
+        if i + 2 > len(data):
+            return None, None
+        seg_len = struct.unpack(">H", data[i:i + 2])[0]
+        if seg_len < 2:
+            return None, None
+        i += seg_len
     return None, None
 
 

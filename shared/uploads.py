@@ -1,10 +1,11 @@
 """Input images: presigned uploads straight to storage, checked when a job uses them.
 
 ``POST /v1/uploads`` creates a row and a presigned POST pinned to a key in the
-user's namespace, the declared content type and a size range. The bytes never
-pass through the functions. When a job names the upload, the gateway checks it
-(the caller's, not expired, really a PNG/JPEG/WebP by its bytes, within the
-size and dimension limits), then puts it on the chosen ComfyUI server.
+user's namespace, the declared content type and a size range (exactly the
+declared size when the app gives one). The bytes never pass through the
+functions. When a job names the upload, the gateway checks it (the caller's,
+not expired, really a PNG/JPEG/WebP by its bytes, within the size and dimension
+limits), then puts it on the chosen ComfyUI server.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def create_upload(ctx, user_id: str, body: dict) -> dict:
         raise InvalidParamsError("size must be a positive whole number of bytes", details={"size": "positive integer"})
     if size is not None and size > max_bytes:
         raise PayloadTooLargeError(f"uploads are limited to {max_bytes} bytes", details={"size": f"at most {max_bytes}"})
+    # A declared size is the only size the form accepts (and the most a job will read).
+    min_bytes, max_bytes = (size, size) if size is not None else (1, max_bytes)
     upload_id = str(uuid.uuid4())
     key = f"users/{user_id}/uploads/{upload_id}{ALLOWED_TYPES[ctype]}"
-    post = ctx.store.presigned_post(key, ctype, 1, max_bytes, UPLOAD_TTL_S)
+    post = ctx.store.presigned_post(key, ctype, min_bytes, max_bytes, UPLOAD_TTL_S)
     now = utcnow()
     with ctx.db.connection() as conn:
         execute(conn, "INSERT INTO uploads (id, user_id, object_key, content_type, max_bytes, created_at, expires_at) "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -11,7 +13,7 @@ import requests
 from functions.app import create_app
 from listener.connection import Listener
 from shared.context import Context
-from shared.db import execute
+from shared.db import execute, query_one
 from tests.fakes.comfyui import FakeComfy, make_png
 from tests.listener.conftest import FAST
 from tests.stack import wait_for
@@ -103,7 +105,7 @@ def test_comfyui_gets_the_bytes_that_were_checked(stack, fake, db_conn):
     assert r.status_code == 202, r.get_data(as_text=True)
     job_id = r.get_json()["job"]["id"]
     assert [p["prompt_id"] for p in fake.prompts] == [first.get_json()["job"]["id"]]  # it waits
-    assert wx_upload(client, up, b"not an image at all") in (200, 201, 204)  # swapped after the check
+    assert wx_upload(client, up, b"X" * len(PNG)) in (200, 201, 204)  # swapped after the check (same size)
     fake.resume()
     wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=h).get_json()["job"]["status"] == "succeeded", 30,
              "img2img did not finish")
@@ -162,6 +164,82 @@ def test_the_local_upload_target_bounds_its_parser(ctx):
                                ("multipart/form-data; boundary=b", nested)):
         r = client.post("/v1/files", data=body, content_type=content_type)
         assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_upload", r.get_data(as_text=True)
+
+
+MB = 1024 * 1024
+
+
+def raw_form(fields: dict, file: bytes, *, closed: bool = True) -> bytes:
+    """A multipart body (boundary "b") of the fields, then the file part, as wx.uploadFile orders them."""
+    body = b"".join(b'--b\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (k.encode(), v.encode())
+                    for k, v in fields.items())
+    body += b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    return body + file + (b"\r\n--b--\r\n" if closed else b"")
+
+
+def post_form(client, body: bytes):
+    return client.post("/v1/files", data=body, content_type="multipart/form-data; boundary=b")
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "never_closed"])
+def test_a_10_mb_form_with_a_bad_signature_is_refused_before_its_file_is_read(ctx, closed):
+    """No signature is needed to make us parse: 10 MB of newlines cost bounded CPU before the 403, and a
+    file part that never ends is still a 403 (its end was never looked for)."""
+    client = create_app(lambda: ctx).test_client()  # ctx: local-folder storage, the store with this endpoint
+    form = ctx.store.presigned_post("users/u/uploads/x.png", "image/png", 1, 10 * MB, 60)
+    body = raw_form({**form["fields"], "signature": "0" * 64}, b"\n" * (10 * MB), closed=closed)
+    started = time.process_time()
+    r = post_form(client, body)
+    spent = time.process_time() - started
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "forbidden", r.get_data(as_text=True)
+    assert spent < 0.5, f"refusing a 10 MB form took {spent:.3f} s of CPU"
+    assert ctx.store.head("users/u/uploads/x.png") is None
+
+
+def _cut_off(body: bytes) -> bytes:
+    return body[:-len(b"\r\n--b--\r\n")]
+
+
+@pytest.mark.parametrize("make_body", [
+    _cut_off,                                                                   # truncated in the file
+    lambda body: _cut_off(body) + b"\r\n--bX\r\n",                              # a boundary that is not one
+    lambda body: b"--b\r\nContent-Disposition form-data\r\n\r\nx\r\n" + body,  # a header without a colon
+    lambda body: body.replace(b'name="key"\r\n\r\n', b'name="key"\r\n\r\n\xff'),  # a field not UTF-8
+    lambda body: body.replace(b"Content-Type: image/png", b"Content-Transfer-Encoding: base64"),
+], ids=["truncated", "false_boundary", "header_line", "not_utf8", "transfer_encoding"])
+def test_truncated_or_malformed_forms_are_400s_and_store_nothing(ctx, make_body):
+    client = create_app(lambda: ctx).test_client()
+    form = ctx.store.presigned_post("users/u/uploads/y.png", "image/png", 1, 10 * MB, 60)
+    assert post_form(client, raw_form(form["fields"], PNG)).status_code == 204  # the well-formed form is good
+    ctx.store.delete("users/u/uploads/y.png")
+    r = post_form(client, make_body(raw_form(form["fields"], PNG)))
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_upload", r.get_data(as_text=True)
+    assert ctx.store.head("users/u/uploads/y.png") is None
+
+
+def test_a_declared_size_is_pinned_in_the_form_and_the_row(stack, db_conn):
+    kind, ctx, client = stack
+    up = new_upload(client, login(client, "alice"), size=len(PNG))
+    assert query_one(db_conn, "SELECT max_bytes FROM uploads WHERE id=%s", (up["id"],))["max_bytes"] == len(PNG)
+    if kind == "s3":
+        policy = json.loads(base64.b64decode(up["fields"]["policy"]))
+        assert ["content-length-range", len(PNG), len(PNG)] in policy["conditions"]
+    else:
+        assert (up["fields"]["min_bytes"], up["fields"]["max_bytes"]) == (str(len(PNG)), str(len(PNG)))
+
+
+@pytest.mark.parametrize("stack", ["local"], indirect=True)
+@pytest.mark.parametrize("data, status, code", [
+    (PNG + b"\0", 413, "payload_too_large"),
+    (PNG[:-1], 400, "invalid_upload"),
+], ids=["larger", "smaller"])
+def test_a_file_of_another_size_than_declared_is_refused_and_not_stored(stack, data, status, code):
+    kind, ctx, client = stack
+    up = new_upload(client, login(client, "alice"), size=len(PNG))
+    r = post_form(client, raw_form(up["fields"], data))
+    assert r.status_code == status and r.get_json()["error"]["code"] == code, r.get_data(as_text=True)
+    assert ctx.store.head(up["fields"]["key"]) is None
+    assert wx_upload(client, up, PNG) == 204 and ctx.store.head(up["fields"]["key"])["bytes"] == len(PNG)
 
 
 def test_local_links_serve_images_as_images_and_anything_else_as_a_download(ctx):
