@@ -9,12 +9,15 @@ from shared.http import Response, json_response, lambda_handler
 
 
 def render(ctx, row: dict) -> dict:
-    """The contract's job object for a row, with a freshly signed preview URL."""
-    wf = ctx.workflows.get(row["workflow"])
+    """The contract's job object for a row, with a freshly signed preview URL.
+
+    Everything comes from the row (the listener stores the title of the node in progress) and the
+    link is signed in-process (shared/storage/sigv4.py): a poll loads neither workflows nor boto3.
+    """
     preview = None
     if row["status"] == "running" and row["preview_key"]:
         preview, _ = ctx.store.signed_url(row["preview_key"], ctx.config.signed_url_ttl)
-    return jobs.job_object(row, node_title=wf.node_title if wf else None, preview_url=preview)
+    return jobs.job_object(row, preview_url=preview)
 
 
 def etag(ctx, row: dict) -> str:

@@ -212,7 +212,13 @@ class Tracker:
         run.last_write = now
         with self.ctx.db.connection() as conn:
             jobs.update_progress(conn, run.job["id"], percent=run.percent, node=run.node,
-                                 value=run.value, max_=run.max)
+                                 value=run.value, max_=run.max, title=self._node_title(run))
+
+    def _node_title(self, run: Running) -> str | None:
+        """The title of the node in progress, from the job's workflow: stored with the progress,
+        so that status polls need not load the workflow files."""
+        workflow = self.ctx.workflows.get(run.job["workflow"]) if run.node else None
+        return workflow.node_title(run.node) if workflow else None
 
     def _final(self, prompt_id: str, hint: dict | None) -> None:
         """Hand a finished prompt to the finalizer; ``hint`` is what the event said, if it said more."""
