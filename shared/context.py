@@ -1,7 +1,8 @@
 """What a function or the listener needs, built once per process from the config.
 
-Heavy parts (the object store with boto3, the workflows) are built lazily on
-first use, so a cold start pays only for what the called function touches.
+Heavy parts (the object store and its boto3 client, the workflows, requests and
+the ComfyUI clients) are imported and built on first use, so a cold start pays
+only for what the called function touches.
 """
 
 from __future__ import annotations
@@ -10,19 +11,26 @@ import logging
 import os
 import threading
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import requests
-
-from shared.comfy import ComfyClient
 from shared.config import Config
 from shared.db import Database
+
+if TYPE_CHECKING:
+    import requests
+
+    from shared.comfy import ComfyClient
 
 log = logging.getLogger(__name__)
 
 
 class Context:
-    def __init__(self, config: Config):
+    """``bounded``: at most DB_POOL_SIZE MySQL connections (the HTTP functions); the listener's
+    long-lived threads each keep theirs, so they never wait for one."""
+
+    def __init__(self, config: Config, *, bounded: bool = True):
         self.config = config
+        self.bounded = bounded
         self._lock = threading.Lock()
         self._clients: dict[str, ComfyClient] = {}
 
@@ -31,7 +39,8 @@ class Context:
         if self.config.database_url is None:
             from shared.config import ConfigError
             raise ConfigError("DATABASE_URL: must be set (only `gateway dev` starts a private database)")
-        return Database(self.config.database_url)
+        return Database(self.config.database_url,
+                        max_connections=self.config.db_pool_size if self.bounded else None)
 
     @cached_property
     def store(self):
@@ -53,6 +62,8 @@ class Context:
 
     @cached_property
     def session(self) -> requests.Session:
+        import requests
+
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32)
         session.mount("http://", adapter)
@@ -61,6 +72,8 @@ class Context:
 
     def comfy(self, base_url: str) -> ComfyClient:
         """The client of one ComfyUI server."""
+        from shared.comfy import ComfyClient
+
         with self._lock:
             client = self._clients.get(base_url)
             if client is None:

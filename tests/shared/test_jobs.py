@@ -54,3 +54,40 @@ def test_node_order_is_numeric_then_text():
     assert sorted(["10", "9", "a", "2"], key=node_order) == ["2", "9", "10", "a"]
     # Subgraph ids compare part by part; digits that are not ASCII are text, never a crash.
     assert sorted(["10:1", "9:2", "9:10", "\u00b2", "9"], key=node_order) == ["9", "9:2", "9:10", "10:1", "\u00b2"]
+
+
+def test_the_poll_read_matches_the_list_read_in_every_state(db_conn):
+    """get_job packs the row in one JSON column and counts the queue apart: it must say exactly what
+    the list's one-query read says, queue positions included, for every kind of job."""
+    from shared import jobs
+    from shared.db import execute
+    from shared.pool import queue
+    from shared.users import get_or_create_user
+    users = [get_or_create_user(db_conn, provider="dev", subject=f"p{n}") for n in range(3)]
+    ids = []
+    for n in range(24):
+        job_id, user = f"00000000-0000-0000-0000-{n:012d}", users[n % 3]
+        if n % 4 == 0:  # waiting in the gateway queue: some only server 1 can run, some only server 2
+            queue.enqueue(db_conn, job_id=job_id, user_id=user, workflow="txt2img", params={"prompt": "é\u4e2d"},
+                          prompt={}, needs={"classes": [], "values": {}}, model=None, inputs=None,
+                          servers=[1] if n % 8 else [2])
+        else:
+            jobs.create_job(db_conn, job_id=job_id, user_id=user, workflow="txt2img", params={"n": n, "x": [1.5]},
+                            prompt={}, backend_id=1 + n % 2, client_id="c")
+            if n % 4 != 1:  # n % 4 == 1 stays `submitting` with no queue number
+                jobs.mark_submitted(db_conn, job_id, 100 - n)
+            if n % 4 == 3:
+                jobs.mark_running(db_conn, job_id, nodes_total=3)
+                jobs.update_progress(db_conn, job_id, node="3", value=2, max_=4, percent=37.5, title="KSampler")
+        ids.append((job_id, user))
+    execute(db_conn, "UPDATE jobs SET status='failed', error_code='execution_error', error_message='boom \"x\"', "
+                     "finished_at=NOW(3) WHERE id=%s", (ids[7][0],))
+    jobs.record_run_time(db_conn, "txt2img", 6.5)
+    listed = {r["id"]: r for u in users for r in jobs.list_user_jobs(db_conn, u, limit=100)}
+    assert sum(1 for r in listed.values() if r["ahead"]) > 5  # the positions are really counted
+    for job_id, user in ids:
+        polled = jobs.get_job(db_conn, job_id, user)
+        expected = {k: v for k, v in listed[job_id].items()}
+        assert {k: polled[k] for k in expected} == expected, job_id
+        assert job_object(polled) == job_object(expected)
+    assert jobs.get_job(db_conn, ids[0][0], users[1]) is None  # another user's job
