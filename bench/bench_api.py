@@ -109,7 +109,7 @@ def bench_polls(args, *, waiting: bool = False) -> None:
             elapsed = time.monotonic() - t0
             latencies.sort()
             q = statistics.quantiles(latencies, n=100)
-            print(f"status poll via gunicorn (2 workers x 8 threads, {args.clients} clients"
+            print(f"status poll via gateway serve (2 workers, its default worker class, {args.clients} clients"
                   f"{', 1,000 jobs in the gateway queue' if waiting else ''}): "
                   f"{len(latencies) / elapsed:.0f} req/s, p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
                   f"codes {dict(sorted(codes.items()))}")

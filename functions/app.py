@@ -10,8 +10,9 @@ import logging
 
 from flask import Flask, Response as FlaskResponse, request
 
+from functions import fallback, files
 from functions.routes import ROUTES
-from shared.errors import ApiError, MethodNotAllowedError, NotFoundError, PayloadTooLargeError, render_error
+from shared.errors import ApiError, InvalidParamsError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ def _to_flask(resp: Response) -> FlaskResponse:
         out = FlaskResponse(chunks(), status=resp.status, content_type=resp.content_type)
     else:
         data = resp.body_bytes()
-        out = FlaskResponse(data, status=resp.status, content_type=resp.content_type if data else None)
+        out = FlaskResponse(data, status=resp.status, content_type=resp.content_type)
+        if not data:  # a 204 or 304 has no body to type
+            del out.headers["Content-Type"]
     for name, value in resp.headers.items():
         out.headers[name] = value
     return out
@@ -48,6 +51,32 @@ def _max_upload(ctx_factory) -> int:
         return 10 * 1024 * 1024
 
 
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes, else 413: also for chunked bodies, which
+    announce no length (the server ends the stream), so they are read to one byte past the limit."""
+    stream = environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length:
+        try:
+            n = int(length)
+        except ValueError:
+            raise InvalidParamsError("invalid Content-Length") from None
+        if n > limit:
+            raise PayloadTooLargeError(f"request body is over {limit} bytes")
+        want = n
+    elif environ.get("wsgi.input_terminated") and stream is not None:
+        want = limit + 1
+    else:
+        return b""
+    try:
+        data = stream.read(want) if want else b""
+    except (OSError, ValueError) as e:  # a broken chunked encoding, or the client went away mid-body
+        raise InvalidParamsError("the request body could not be read") from e
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"request body is over {limit} bytes")
+    return data
+
+
 def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
     """Build the Flask app; ``ctx_factory`` returns the Context (default: from the environment).
 
@@ -61,28 +90,34 @@ def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
     if trusted_proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
-    # Large enough for a local-storage image upload; JSON bodies have their own, smaller limit.
-    app.config["MAX_CONTENT_LENGTH"] = max(MAX_REQUEST_BYTES, _max_upload(ctx_factory) + 64 * 1024)
+    # A local-storage image upload is the one large body; every other request fits in 1 MB
+    # (JSON bodies have their own, smaller limit).
+    upload_limit = max(MAX_REQUEST_BYTES, _max_upload(ctx_factory) + 64 * 1024)
 
-    def mount(method, rule, core):
-        def view(**path_params):
-            req = Request(method=request.method, path=request.path, path_params=path_params,
-                          query=request.args.to_dict(), headers={k.lower(): v for k, v in request.headers.items()},
-                          body=request.get_data(cache=False), source_ip=request.remote_addr or "")
-            return _to_flask(run(core, ctx_factory, req))
-        view.__name__ = f"{core.__module__}.{core.__name__}"
-        app.add_url_rule(rule, endpoint=view.__name__, view_func=view, methods=[method])
+    def call(core, path_params, limit):
+        try:
+            body = read_body(request.environ, limit) if limit else b""
+        except ApiError as e:
+            return _error(e)
+        req = Request(method=request.method, path=request.path, path_params=path_params,
+                      query=request.args.to_dict(), headers={k.lower(): v for k, v in request.headers.items()},
+                      body=body, source_ip=request.remote_addr or "")
+        return _to_flask(run(core, ctx_factory, req))
 
     for method, rule, core in ROUTES:
-        mount(method, rule, core)
+        limit = upload_limit if core is files.upload else MAX_REQUEST_BYTES
+        view = (lambda core, limit: lambda **params: call(core, params, limit))(core, limit)
+        name = f"{core.__module__}.{core.__name__}"
+        app.add_url_rule(rule, endpoint=name, view_func=view, methods=[method], provide_automatic_options=False)
 
-    @app.errorhandler(404)
-    def not_found(_):
-        return _error(NotFoundError("no such endpoint"))
+    def no_route(_=None):
+        return call(fallback.no_route, {}, None)  # answered without reading a body
 
-    @app.errorhandler(405)
-    def not_allowed(_):
-        return _error(MethodNotAllowedError())
+    for rule in dict.fromkeys(rule for _, rule, _ in ROUTES):  # OPTIONS: CORS preflights, answered from the table
+        app.add_url_rule(rule, endpoint=f"options {rule}", view_func=lambda **_: no_route(),
+                         methods=["OPTIONS"], provide_automatic_options=False)
+    app.register_error_handler(404, no_route)
+    app.register_error_handler(405, no_route)
 
     @app.errorhandler(413)
     def too_large(_):

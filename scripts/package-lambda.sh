@@ -15,7 +15,8 @@ root = pathlib.Path(".")
 with zipfile.ZipFile("build/lambda.zip", "w", zipfile.ZIP_DEFLATED) as z:
     for top in ("functions", "shared", "workflows"):
         for path in sorted(root.joinpath(top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.name != "app.py":
+            # (app.py and shared/door/ are the gunicorn door: not on Lambda)
+            if path.is_file() and "__pycache__" not in path.parts and path.name != "app.py" and "door" not in path.parts:
                 z.write(path, path.as_posix())
     deps = root / "build" / "lambda"
     for path in sorted(deps.rglob("*")):

@@ -1,7 +1,8 @@
 """The `gateway` command: migrate, serve, listen, dev.
 
     gateway migrate                 apply the missing sql/ files
-    gateway serve [--bind H:P] [--workers N] [--threads N] [--access-log]   the HTTP API under gunicorn
+    gateway serve [--bind H:P] [--workers N] [--worker-class gevent|gthread] [--threads N] [--connections N]
+                  [--access-log]    the HTTP API under gunicorn (shared/door)
     gateway listen                  the ComfyUI listener (one process for every backend)
     gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all)
     gateway usage export [--since T] [--until T] [--after-id N] [--format csv|jsonl] [--output F]
@@ -73,24 +74,9 @@ def cmd_serve(args) -> int:
     cfg = _config()
     _logging(cfg)
     _check_startup(cfg)
-    from gunicorn.app.base import BaseApplication
-
-    from functions.app import create_app
-
-    class App(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", [args.bind])
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("timeout", 60)
-            self.cfg.set("graceful_timeout", 20)
-            self.cfg.set("accesslog", "-" if args.access_log else None)
-
-        def load(self):
-            return create_app(trusted_proxies=cfg.trusted_proxies)
-
-    App().run()
+    from shared.door import Server
+    Server(bind=args.bind, workers=args.workers, worker_class=args.worker_class, threads=args.threads,
+           connections=args.connections, access_log=args.access_log, trusted_proxies=cfg.trusted_proxies).run()
     return 0
 
 
@@ -100,7 +86,7 @@ def cmd_listen(args) -> int:
     _check_startup(cfg)
     from listener.connection import Listener
     from shared.context import Context
-    Listener(Context(cfg)).run_forever()
+    Listener(Context(cfg, bounded=False)).run_forever()
     return 0
 
 
@@ -238,7 +224,11 @@ def main(argv=None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API under gunicorn")
     serve.add_argument("--bind", default="127.0.0.1:8000")
     serve.add_argument("--workers", type=int, default=2)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--worker-class", choices=("gevent", "gthread"), default="gevent",
+                       help="gevent (default): one greenlet per connection; gthread: a pool of --threads threads")
+    serve.add_argument("--threads", type=int, default=8, help="threads per worker (gthread)")
+    serve.add_argument("--connections", type=int, default=1000,
+                       help="open connections per worker (gevent); past it new ones wait to be accepted")
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("listen", help="run the ComfyUI listener").set_defaults(func=cmd_listen)

@@ -114,6 +114,17 @@ def _http_urls(value: str) -> tuple[str, ...]:
     return urls
 
 
+def _origins(value: str) -> tuple[str, ...]:
+    """Browser origins (scheme://host[:port], no path) or *."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc
+                              or parts.path or parts.query or parts.fragment):
+            raise ValueError(f"{origin!r} is not an origin like https://h5.example.com (or *)")
+    return origins
+
+
 def _storage_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "s3":
@@ -230,6 +241,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRUSTED_PROXIES", "trusted_proxies", _int(0, 10), 0,
             "Reverse proxies in front of `gateway serve` that append to X-Forwarded-For; the client IP (login "
             "rate limit) is read that many hops from the right. 0 = the connecting peer. Not used on Lambda."),
+    Setting("CORS_ORIGINS", "cors_origins", _origins, "",
+            "Comma-separated origins of H5 pages allowed to call the API from a browser (e.g. "
+            "https://h5.example.com), or * for any; empty: none (apps and mini-programs need none)."),
+    Setting("DB_POOL_SIZE", "db_pool_size", _int(1, 1000), 10,
+            "MySQL connections one `gateway serve` worker process opens at most; requests beyond it wait for one "
+            "(up to 5 s, then 503 database_unavailable)."),
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
@@ -278,6 +295,8 @@ class Config:
     rate_limit_per_minute: int
     login_rate_limit_per_minute: int
     trusted_proxies: int
+    cors_origins: tuple[str, ...]
+    db_pool_size: int
     log_level: str
 
     @classmethod

@@ -73,6 +73,10 @@ class NotFoundError(ApiError):
 class MethodNotAllowedError(ApiError):
     status, code, message = 405, "method_not_allowed", "method not allowed"
 
+    def __init__(self, message: str | None = None, *, allow=(), **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers = {"Allow": ", ".join(allow)} if allow else {}
+
 
 class ConflictError(ApiError):
     """409 with one of the contract's codes (job_not_finished, job_failed, ...)."""
@@ -115,7 +119,7 @@ def error_body(code: str, message: str, details: dict | None = None) -> dict:
 def render_error(exc: BaseException) -> tuple[int, dict, dict]:
     """Turn any exception into (status, headers, body) in the contract's shape."""
     if isinstance(exc, ApiError):
-        headers = {}
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.retry_after is not None:
             headers["Retry-After"] = str(int(exc.retry_after))
         return exc.status, headers, error_body(exc.code, exc.message, exc.details)

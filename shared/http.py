@@ -142,9 +142,11 @@ def check_fields(data: dict, allowed: set[str]) -> None:
 
 
 def run(core, ctx_factory, req: Request) -> Response:
-    """Call a core and turn any exception into the contract's error response."""
+    """Call a core and turn any exception into the contract's error response (CORS headers added)."""
+    ctx = None
     try:
-        return core(ctx_factory(), req)
+        ctx = ctx_factory()
+        resp = core(ctx, req)
     except Exception as exc:  # the one place errors are rendered
         if isinstance(exc, StorageError):
             log.warning("storage unavailable in %s %s: %s", req.method, req.path, exc)
@@ -153,7 +155,11 @@ def run(core, ctx_factory, req: Request) -> Response:
             log.error("unhandled error in %s %s", req.method, req.path, exc_info=exc)
             exc = ApiError()
         status, headers, body = render_error(exc)
-        return Response(status=status, body=body, headers=headers)
+        resp = Response(status=status, body=body, headers=headers)
+    if ctx is not None and ctx.config.cors_origins and req.method != "OPTIONS":
+        from shared import cors
+        cors.decorate(resp.headers, ctx.config.cors_origins, req.header("origin"))
+    return resp
 
 
 def from_lambda_event(event: dict) -> Request:

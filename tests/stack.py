@@ -71,6 +71,9 @@ def config_env(cfg) -> dict:
         "CAPABILITIES_REFRESH_S": str(cfg.capabilities_refresh_s),
         "LOST_JOB_RETRIES": str(cfg.lost_job_retries),
         "DISPATCH_SWEEP_S": str(cfg.dispatch_sweep_s),
+        "MAX_UPLOAD_BYTES": str(cfg.max_upload_bytes),
+        "CORS_ORIGINS": ",".join(cfg.cors_origins),
+        "DB_POOL_SIZE": str(cfg.db_pool_size),
         "LOG_LEVEL": "INFO",
     }
     if cfg.s3_endpoint_url:
@@ -123,12 +126,13 @@ def start_listener(cfg, log_dir: Path, name: str = "listener") -> Process:
     return Process(["listen"], config_env(cfg), log_dir / f"{name}.log").start()
 
 
-def start_api(cfg, log_dir: Path) -> tuple[Process, str]:
+def start_api(cfg, log_dir: Path, *serve_args: str) -> tuple[Process, str]:
     """Start `gateway serve` on a free port; PUBLIC_BASE_URL points at it (local-storage links)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**config_env(cfg), "PUBLIC_BASE_URL": base}
-    proc = Process(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, log_dir / "api.log").start()
+    proc = Process(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2", *serve_args], env,
+                   log_dir / "api.log").start()
     wait_for(lambda: _answers(base + "/healthz"), 30, f"the API did not start; log: {proc.log_path}")
     return proc, base
 
