@@ -50,6 +50,7 @@ bad SQL) and the ``ApiError``s raised by code between commands leave it clean.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import threading
@@ -192,6 +193,17 @@ def _leaves_clean(failure: BaseException | None) -> bool:
 _ISOLATION = {"READ COMMITTED": "READ COMMITTED", "REPEATABLE READ": "REPEATABLE READ"}
 
 
+class _Waiter:
+    """One borrower waiting in line, woken alone when a connection (or room for one) is handed to it."""
+
+    __slots__ = ("cond", "conn", "granted")
+
+    def __init__(self, lock):
+        self.cond = threading.Condition(lock)
+        self.conn: _PooledConnection | None = None
+        self.granted = False
+
+
 class Database:
     """A pool of connections to one database; each thread (or greenlet) borrows one at a time."""
 
@@ -205,27 +217,41 @@ class Database:
         self.max_idle = max_idle if max_idle is not None else (max_connections or MAX_IDLE)
         self.pool_timeout = connect_timeout if pool_timeout is None else pool_timeout
         # threading only: under gevent's monkey-patching these wait and hold per greenlet.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # first come, first served
         self._idle: list[_PooledConnection] = []  # a stack: the most recently used is lent first
         self._open = 0  # lent + idle + being opened
         self._generation = 0
         self._held = threading.local()
 
+    def _room(self) -> bool:
+        return self.max_connections is None or self._open < self.max_connections
+
     def _take(self) -> _PooledConnection:
-        conn = None
-        with self._cond:
-            deadline = None
-            while not self._idle and self.max_connections is not None and self._open >= self.max_connections:
-                now = time.monotonic()
-                deadline = deadline or now + self.pool_timeout
-                if now >= deadline:
-                    log.warning("database pool exhausted: %d connections lent for %.1f s",
-                                self._open, self.pool_timeout)
-                    raise DatabaseUnavailableError(retry_after=RETRY_AFTER)
-                self._cond.wait(deadline - now)
-            if self._idle:
+        with self._lock:
+            if self._waiters or not (self._idle or self._room()):
+                # Wait in line: a connection given back goes to the oldest waiter, never to a
+                # newcomer, so under a crowd no request waits much longer than the others.
+                waiter = _Waiter(self._lock)
+                self._waiters.append(waiter)
+                deadline = time.monotonic() + self.pool_timeout
+                while not waiter.granted:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._waiters.remove(waiter)
+                        log.warning("database pool exhausted: %d connections lent for %.1f s",
+                                    self._open, self.pool_timeout)
+                        raise DatabaseUnavailableError(retry_after=RETRY_AFTER)
+                    try:
+                        waiter.cond.wait(remaining)
+                    except BaseException:  # a timeout or an interrupt while in line: leave it cleanly
+                        self._leave(waiter)
+                        raise
+                conn = waiter.conn  # None: room to open one, counted already
+            elif self._idle:
                 conn = self._idle.pop()
             else:
+                conn = None
                 self._open += 1
             generation = self._generation
         if conn is not None:
@@ -236,9 +262,9 @@ class Database:
         try:
             conn = _PooledConnection(**_settings(self.url, database=True, connect_timeout=self.connect_timeout))
         except BaseException as e:
-            with self._cond:
+            with self._lock:
                 self._open -= 1
-                self._cond.notify()
+                self._grant()
             if not _unavailable(e):
                 raise
             log.warning("database unavailable: %s", type(e).__name__)
@@ -249,15 +275,37 @@ class Database:
     def _give_back(self, conn: _PooledConnection, failure: BaseException | None) -> None:
         conn.retry_once = False
         clean = conn.clean() and _leaves_clean(failure)
-        with self._cond:
+        with self._lock:
             keep = clean and conn.generation == self._generation and len(self._idle) < self.max_idle
             if keep:
                 self._idle.append(conn)
             else:
                 self._open -= 1
-            self._cond.notify()
+            self._grant()
         if not keep:
             _close(conn, polite=clean)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Take a waiter out of line, giving back what it was handed (call with the lock held)."""
+        if not waiter.granted:
+            self._waiters.remove(waiter)
+            return
+        if waiter.conn is not None:
+            self._idle.append(waiter.conn)
+        else:
+            self._open -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        """Hand what is free to the oldest waiters (call with the lock held)."""
+        while self._waiters and (self._idle or self._room()):
+            waiter = self._waiters.popleft()
+            if self._idle:
+                waiter.conn = self._idle.pop()
+            else:
+                self._open += 1
+            waiter.granted = True
+            waiter.cond.notify()
 
     @contextmanager
     def connection(self):
@@ -307,11 +355,11 @@ class Database:
 
     def close(self) -> None:
         """Close the idle connections; those lent now are closed when given back."""
-        with self._cond:
+        with self._lock:
             idle, self._idle = self._idle, []
             self._open -= len(idle)
             self._generation += 1
-            self._cond.notify_all()
+            self._grant()
         for conn in idle:
             _close(conn, polite=True)
 

@@ -14,6 +14,7 @@ from datetime import datetime
 import pymysql
 import pytest
 
+import shared.db as db_module
 from shared.db import Database, _PooledConnection, execute, query, query_one
 from shared.errors import ConflictError, DatabaseUnavailableError
 
@@ -276,6 +277,71 @@ def test_a_waiter_gets_the_connection_given_back_within_the_timeout(make_db):
         time.sleep(0.2)
     t.join(5)
     assert got["id"] == held and 0.15 <= got["waited"] < 5
+
+
+def test_waiters_are_served_first_come_first_served(make_db):
+    """A connection given back goes to the oldest waiter, never to a borrower that came later
+    (with a crowd of polls, barging newcomers left some waiting past the timeout: 503s)."""
+    db = make_db(max_connections=1, pool_timeout=10)
+    order, started = [], []
+
+    def borrow(name):
+        started.append(name)
+        with db.connection() as conn:
+            order.append(name)
+            query_one(conn, "SELECT 1 AS one")
+
+    with db.connection():
+        threads = []
+        for name in ("first", "second", "third"):
+            threads.append(threading.Thread(target=borrow, args=(name,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 5
+            while len(db._waiters) < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert len(db._waiters) == 3
+    # The holder gives back; a newcomer arriving now queues behind the three.
+    late = threading.Thread(target=borrow, args=("late",))
+    late.start()
+    for t in threads + [late]:
+        t.join(10)
+    assert order == ["first", "second", "third", "late"]
+
+
+def test_a_waiter_interrupted_in_line_leaves_nothing_behind(make_db, monkeypatch):
+    """A gevent Timeout (or any interrupt) while waiting in line takes the waiter out of it."""
+    db = make_db(max_connections=1, pool_timeout=10)
+
+    class Interrupt(BaseException):
+        pass
+
+    class Interrupting(threading.Condition):
+        def wait(self, timeout=None):
+            raise Interrupt()
+
+    class Waiter(db_module._Waiter):
+        def __init__(self, lock):
+            super().__init__(lock)
+            self.cond = Interrupting(lock)
+    got = {}
+
+    def borrow():
+        try:
+            with db.connection():
+                got["connection"] = True
+        except Interrupt:
+            got["interrupted"] = True
+
+    with db.connection():
+        monkeypatch.setattr(db_module, "_Waiter", Waiter)
+        t = threading.Thread(target=borrow)
+        t.start()
+        t.join(5)
+        monkeypatch.undo()
+    assert got == {"interrupted": True} and not db._waiters
+    with db.connection() as conn:  # the one connection is still there to borrow
+        assert query_one(conn, "SELECT 1 AS one") == {"one": 1}
+    assert db._open == 1
 
 
 # -- transactions and what an error leaves behind --------------------------------------------
