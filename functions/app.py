@@ -1,6 +1,6 @@
 """The Flask app that mounts every function core (the gunicorn door).
 
-``functions.routes.ROUTES`` is the one table of the HTTP API; serverless.yml
+``functions.routes.ROUTES`` (from ``functions.paths.TABLE``) is the HTTP API; serverless.yml
 maps the same paths to each module's Lambda ``handler`` (tests keep them in step).
 """
 

@@ -4,7 +4,7 @@ On Lambda this is the `$default` route; the Flask app (functions/app.py) sends t
 same requests here, so both doors answer them alike.
 """
 
-from functions.routes import methods_for
+from functions.paths import methods_for
 from shared import cors
 from shared.errors import MethodNotAllowedError, NotFoundError
 from shared.http import Response, lambda_handler
