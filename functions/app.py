@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, Response as FlaskResponse, request
 
-from functions import fallback, files
+from functions import demo, fallback, files
 from functions.routes import ROUTES
 from shared.errors import ApiError, InvalidParamsError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
@@ -109,6 +109,10 @@ def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
         view = (lambda core, limit: lambda **params: call(core, params, limit))(core, limit)
         name = f"{core.__module__}.{core.__name__}"
         app.add_url_rule(rule, endpoint=name, view_func=view, methods=[method], provide_automatic_options=False)
+
+    for rule in ("/demo", "/demo/", "/demo/<path:name>"):  # the H5 demo page (404 unless DEV_LOGIN=1)
+        app.add_url_rule(rule, endpoint=f"demo {rule}", view_func=lambda **params: call(demo.serve, params, None),
+                         methods=["GET"], provide_automatic_options=False, merge_slashes=False)
 
     def no_route(_=None):
         return call(fallback.no_route, {}, None)  # answered without reading a body

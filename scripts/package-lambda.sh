@@ -15,8 +15,8 @@ root = pathlib.Path(".")
 with zipfile.ZipFile("build/lambda.zip", "w", zipfile.ZIP_DEFLATED) as z:
     for top in ("functions", "shared", "workflows"):
         for path in sorted(root.joinpath(top).rglob("*")):
-            # (app.py and shared/door/ are the gunicorn door: not on Lambda)
-            if path.is_file() and "__pycache__" not in path.parts and path.name != "app.py" and "door" not in path.parts:
+            # (app.py, shared/door/ and the /demo page are the gunicorn door only: not on Lambda)
+            if path.is_file() and "__pycache__" not in path.parts and path.name != "app.py" and not {"door", "demo"} & set(path.parts):
                 z.write(path, path.as_posix())
     deps = root / "build" / "lambda"
     for path in sorted(deps.rglob("*")):
