@@ -241,6 +241,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRUSTED_PROXIES", "trusted_proxies", _int(0, 10), 0,
             "Reverse proxies in front of `gateway serve` that append to X-Forwarded-For; the client IP (login "
             "rate limit) is read that many hops from the right. 0 = the connecting peer. Not used on Lambda."),
+    Setting("KEEP_COMFY_METADATA", "keep_comfy_metadata", _bool, False,
+            "1 keeps ComfyUI's `prompt`/`workflow` text chunks (the whole filled graph) in stored images; by default "
+            "they are dropped while the image is copied, so apps never receive the operator's graph."),
+    Setting("AIGC_PROVIDER", "aigc_provider", _str, "comfy-gateway",
+            "The service provider named in the implicit AI-generated-content label written into every stored image "
+            "(GB 45438-2025): set it to your company or service name."),
+    Setting("WEBHOOK_URL", "webhook_url", _http_url, None,
+            "The operator's endpoint for job.succeeded, job.failed, job.cancelled and usage.recorded events "
+            "(Standard Webhooks, signed with WEBHOOK_SECRET); unset: none are sent."),
+    Setting("WEBHOOK_SECRET", "webhook_secret", _str, None,
+            "The Standard Webhooks signing secret (whsec_<base64>, or any string of at least 24 characters); "
+            "required with WEBHOOK_URL."),
     Setting("CORS_ORIGINS", "cors_origins", _origins, "",
             "Comma-separated origins of H5 pages allowed to call the API from a browser (e.g. "
             "https://h5.example.com), or * for any; empty: none (apps and mini-programs need none)."),
@@ -250,7 +262,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "log_level", _str, "INFO", "Python logging level."),
 )
 
-_SECRET_FIELDS = {"secret_key", "secret_key_previous", "admin_token", "database_url", "wechat_secret"}
+_SECRET_FIELDS = {"secret_key", "secret_key_previous", "admin_token", "database_url", "wechat_secret", "webhook_secret"}
 
 
 @dataclass(frozen=True)
@@ -295,6 +307,10 @@ class Config:
     rate_limit_per_minute: int
     login_rate_limit_per_minute: int
     trusted_proxies: int
+    keep_comfy_metadata: bool
+    aigc_provider: str
+    webhook_url: str | None
+    webhook_secret: str | None
     cors_origins: tuple[str, ...]
     db_pool_size: int
     log_level: str
@@ -320,6 +336,8 @@ class Config:
             missing = "WECHAT_SECRET" if values["wechat_appid"] else "WECHAT_APPID"
             raise ConfigError(f"{missing}: must be set together with "
                               f"{'WECHAT_APPID' if missing == 'WECHAT_SECRET' else 'WECHAT_SECRET'}")
+        if values["webhook_url"] and not values["webhook_secret"]:
+            raise ConfigError("WEBHOOK_SECRET: must be set together with WEBHOOK_URL")
         if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError("LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return cls(**values)

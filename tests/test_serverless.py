@@ -21,7 +21,8 @@ LOCAL_ONLY_ROUTES = {"/v1/files", "/v1/files/<path:key>"}  # local-folder storag
 NOT_ON_LAMBDA = {"PROGRESS_INTERVAL", "PREVIEW_INTERVAL", "HISTORY_RETRY_S", "RECONNECT_MAX_S",
                      "RECONCILE_INTERVAL_S", "WATCHDOG_S", "QUEUE_TIMEOUT_S", "RUN_TIMEOUT_S",
                      "OUTPUT_COPY_DEADLINE_S", "TRUSTED_PROXIES", "CAPABILITIES_REFRESH_S", "LOST_JOB_RETRIES",
-                     "DISPATCH_SWEEP_S", "DB_POOL_SIZE"}
+                     "DISPATCH_SWEEP_S", "DB_POOL_SIZE", "KEEP_COMFY_METADATA",
+                     "AIGC_PROVIDER", "WEBHOOK_URL", "WEBHOOK_SECRET"}
 
 
 def events():
