@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import time
 
-from shared import jobs
+from shared import jobs, outbox
 from shared.comfy import ComfyError, ComfyNotFoundError, ComfyProtocolError
 from shared.images import HeadCapture, sniff
+from shared.labels import LabelingReader
 from shared.pool.dispatch import ATTEMPT_KEY
 from shared.usage import write_usage
 
@@ -129,13 +130,18 @@ def fetch_history(comfy, prompt_id: str, *, wait_s: float, sleep=time.sleep) -> 
 
 
 def copy_output(comfy, store, job: dict, node_id: str, index: int, image: dict, *,
-                deadline: float | None = None) -> dict:
-    """Stream one image from ComfyUI's /view into object storage; return its output record.
+                deadline: float | None = None, provider: str = "comfy-gateway",
+                keep_comfy_metadata: bool = False) -> dict:
+    """Stream one image from ComfyUI's /view into object storage, labeled as AI-generated; return its output record.
 
     ``deadline`` (a time.monotonic() value) bounds the whole copy, not just each read.
+    The label names ``provider``; ComfyUI's graph is left out unless ``keep_comfy_metadata``.
     """
     with comfy.view(image["filename"], image.get("subfolder") or "", image.get("type") or "output") as (raw, ctype, _):
-        capture = HeadCapture(DeadlineReader(raw, deadline) if deadline is not None else raw)
+        source = DeadlineReader(raw, deadline) if deadline is not None else raw
+        # The capture counts and sniffs what is stored: the labeled image.
+        capture = HeadCapture(LabelingReader(source, ctype, job_id=job["id"], provider=provider,
+                                             keep_comfy_metadata=keep_comfy_metadata))
         # The key's extension follows the declared type; the record keeps what the bytes really are.
         declared = ctype.split(";")[0].strip().lower()
         key = output_key(job, node_id, index, declared)
@@ -149,7 +155,8 @@ def copy_output(comfy, store, job: dict, node_id: str, index: int, image: dict, 
             "size": capture.total, "width": width, "height": height}
 
 
-def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=time.sleep) -> list[dict]:
+def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=time.sleep,
+                 provider: str = "comfy-gateway", keep_comfy_metadata: bool = False) -> list[dict]:
     """Copy every image, retrying failures with backoff until deadline_s; raise OutputCopyError after."""
     deadline = time.monotonic() + deadline_s
     records = []
@@ -157,7 +164,8 @@ def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=ti
         delay = 0.2
         while True:
             try:
-                records.append(copy_output(comfy, store, job, node_id, index, image, deadline=deadline))
+                records.append(copy_output(comfy, store, job, node_id, index, image, deadline=deadline,
+                                           provider=provider, keep_comfy_metadata=keep_comfy_metadata))
                 break
             except ComfyNotFoundError as e:
                 raise OutputCopyError(f"ComfyUI no longer has {image['filename']}") from e
@@ -196,6 +204,7 @@ def apply_hint(ctx, job_id: str, hint: dict, backend_url: str, on: int | None = 
             jobs.mark_failed(conn, job_id, code=hint["code"], message=hint["message"],
                              node_id=hint.get("node_id"), node_type=hint.get("node_type"), on=on)
         write_usage(conn, job_id, backend_url)
+        outbox.job_finished(conn, job_id)
     return hint["status"]
 
 
@@ -219,7 +228,8 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
         return "moved"
     if job["status"] in jobs.FINAL:
         with ctx.db.transaction() as conn:
-            write_usage(conn, job_id, backend_url)
+            if write_usage(conn, job_id, backend_url):  # a record that was missing: its event too
+                outbox.job_finished(conn, job_id)
         return job["status"]
     if entry is None:
         wait = ctx.config.history_retry_s if history_wait_s is None else history_wait_s
@@ -235,12 +245,15 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
     gpu, queue = _timing(entry)
     if result == "succeeded":
         try:
-            records = copy_outputs(comfy, ctx.store, job, saved_images(entry), deadline_s=copy_deadline_s)
+            records = copy_outputs(comfy, ctx.store, job, saved_images(entry), deadline_s=copy_deadline_s,
+                                   provider=ctx.config.aigc_provider,
+                                   keep_comfy_metadata=ctx.config.keep_comfy_metadata)
         except OutputCopyError as e:
             log.error("job %s: %s", job_id, e)
             with ctx.db.transaction() as conn:
                 jobs.mark_failed(conn, job_id, code="output_copy_failed", message=str(e), on=backend_id)
                 write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+                outbox.job_finished(conn, job_id)
             return "failed"
         with ctx.db.transaction() as conn:
             # Only the call that wins the state change records outputs (a cancel may have won).
@@ -252,6 +265,7 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
                                     content_type=r["content_type"], size=r["size"], width=r["width"],
                                     height=r["height"])
             write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+            outbox.job_finished(conn, job_id)  # the events of whichever final state won, once
         if changed:
             log.info("job %s: succeeded with %d image(s)", job_id, len(records))
         return "succeeded" if changed else "unchanged"
@@ -264,5 +278,6 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
                              message=(err.get("exception_message") or "ComfyUI reported an error").strip(),
                              node_id=err.get("node_id"), node_type=err.get("node_type"), on=backend_id)
         write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+        outbox.job_finished(conn, job_id)
     log.info("job %s: %s", job_id, result)
     return result

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from listener.finalize import HistoryPendingError, current_attempt, finalize
 from shared.usage import write_usage
-from shared import jobs
+from shared import jobs, outbox
 from shared.comfy import ComfyError
 from shared.db import query_one, utcnow
 from shared.pool import queue
@@ -139,6 +139,7 @@ def _settle_missing(ctx, backend: dict, job: dict, *, now, submit_grace_s: float
         with ctx.db.transaction() as conn:
             jobs.mark_cancelled(conn, job_id, on=backend["id"])
             write_usage(conn, job_id, backend["url"])
+            outbox.job_finished(conn, job_id)
         return "finalized"
     first_missed = missing.setdefault(job_id, clock())
     if clock() - first_missed < settle_s:
@@ -162,12 +163,14 @@ def release_job(ctx, backend: dict, job: dict) -> str:
                             "it was running" if started else "not started")
             elif _cancel_asked(conn, job["id"]) and jobs.mark_cancelled(conn, job["id"], on=backend["id"]):
                 write_usage(conn, job["id"], backend["url"])  # a cancel came meanwhile: nothing left to run
+                outbox.job_finished(conn, job["id"])
         return "requeued"
     with ctx.db.transaction() as conn:
         if jobs.mark_failed(conn, job["id"], code="backend_lost", on=backend["id"],
                             message="the ComfyUI server running this job went away (it restarted or was lost)"):
             log.warning("job %s: lost by %s", job["id"], backend["url"])
         write_usage(conn, job["id"], backend["url"])
+        outbox.job_finished(conn, job["id"])
     return "lost"
 
 
@@ -188,6 +191,7 @@ def release_held(ctx, backend: dict) -> int:
             with ctx.db.transaction() as conn:
                 jobs.mark_cancelled(conn, job["id"], on=backend["id"])
                 write_usage(conn, job["id"], backend["url"])
+                outbox.job_finished(conn, job["id"])
         else:
             release_job(ctx, backend, job)
     return len(held)
@@ -242,6 +246,7 @@ def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, defau
                 failed += 1
                 log.warning("job %s: %s", job["id"], message)
             write_usage(conn, job["id"], backend["url"])
+            outbox.job_finished(conn, job["id"])
     return failed
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from shared import backends, jobs
+from shared import backends, jobs, outbox
 from shared.comfy import ComfyError
 from shared.db import execute, utcnow
 from shared.errors import BackendUnavailableError, ConflictError
@@ -42,6 +42,7 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
         with ctx.db.transaction() as conn:
             jobs.mark_cancelled(conn, job_id)
             write_usage(conn, job_id, "")
+            outbox.job_finished(conn, job_id)
     else:
         comfy = ctx.comfy(backend["url"])
         try:
@@ -57,6 +58,7 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
                     if jobs.mark_cancelled(conn, job_id):
                         log.info("job %s: cancelled", job_id)
                     write_usage(conn, job_id, backend["url"])
+                    outbox.job_finished(conn, job_id)
         except ComfyError as e:
             # The request is recorded: the listener stops the job when it sees it.
             log.warning("job %s: cancel could not reach %s: %s", job_id, backend["url"], e)

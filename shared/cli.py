@@ -8,6 +8,7 @@
     gateway usage export [--since T] [--until T] [--after-id N] [--format csv|jsonl] [--output F]
                                     usage records for billing jobs that read files
     gateway backends list|drain|resume|refresh|slots   the pool of ComfyUI servers (shared/pool/admin.py)
+    gateway webhooks replay --since T [--until T]      send again the webhook events written in a window
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def cmd_dev(args) -> int:
             local_db.stop()
 
 
+# New fields go last: spreadsheets and scripts that read columns by position keep working.
 USAGE_FIELDS = ("id", "job_id", "user_id", "workflow", "status", "images", "megapixels", "steps", "gpu_seconds",
-                "queue_seconds", "backend", "created_at", "finished_at")
+                "queue_seconds", "backend", "created_at", "finished_at", "provider", "subject", "credits", "price")
 
 
 def _time_arg(value: str):
@@ -179,7 +181,11 @@ def _time_arg(value: str):
 
 
 def cmd_usage_export(args) -> int:
-    """Write usage records (the same ones, with the same ids, as GET /v1/usage) as CSV or JSON Lines."""
+    """Write usage records (the same ones, with the same ids, as GET /v1/usage) as CSV or JSON Lines.
+
+    In CSV, a null is an empty cell, ``credits`` is written with its 4 decimal places as stored and
+    ``price`` as its JSON text.
+    """
     import csv
     import json
 
@@ -203,7 +209,8 @@ def cmd_usage_export(args) -> int:
             for row in rows:
                 record = usage.usage_object(row)
                 if writer:
-                    writer.writerow(record)
+                    writer.writerow({**record, "credits": row["credits"],
+                                     "price": None if record["price"] is None else json.dumps(record["price"])})
                 else:
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += len(rows)
@@ -214,6 +221,23 @@ def cmd_usage_export(args) -> int:
         if args.output:
             out.close()
     print(f"exported {count} usage record(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_webhooks_replay(args) -> int:
+    """Make the events written in [since, until) due again (same event ids); the listener sends them."""
+    from shared import outbox
+    from shared.db import Database
+    cfg = _config()
+    _logging(cfg)
+    if cfg.database_url is None:
+        sys.exit("gateway: configuration error: DATABASE_URL: must be set for `gateway webhooks replay`")
+    if args.until is not None and args.until <= args.since:
+        sys.exit("gateway webhooks replay: --until must be after --since")
+    db = Database(cfg.database_url)
+    with db.connection() as conn:
+        count = outbox.replay(conn, since=args.since, until=args.until)
+    print(f"replaying {count} webhook event(s); the listener sends them with their original webhook-id")
     return 0
 
 
@@ -245,6 +269,13 @@ def main(argv=None) -> int:
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     export.add_argument("--output", help="file to write (default: standard output)")
     export.set_defaults(func=cmd_usage_export)
+    webhooks_cmd = sub.add_parser("webhooks", help="events sent to WEBHOOK_URL").add_subparsers(
+        dest="webhooks_command", required=True)
+    replay = webhooks_cmd.add_parser("replay", help="send again the events written in a time window")
+    replay.add_argument("--since", type=_time_arg, required=True,
+                        help="events written at or after this time (ISO 8601, UTC unless it has an offset)")
+    replay.add_argument("--until", type=_time_arg, help="events written before this time (ISO 8601)")
+    replay.set_defaults(func=cmd_webhooks_replay)
     from shared.pool import admin
     admin.add_parser(sub, _config)
     args = parser.parse_args(argv)

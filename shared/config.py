@@ -125,6 +125,20 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _webhook_secret(secret: str) -> None:
+    """whsec_ + base64 (Standard Webhooks), or a plain string of at least 24 characters."""
+    import base64
+    import binascii
+    if secret.startswith("whsec_"):
+        try:
+            if len(base64.b64decode(secret[6:], validate=True)) < 16:
+                raise ConfigError("WEBHOOK_SECRET: a whsec_ secret must hold at least 16 bytes")
+        except binascii.Error:
+            raise ConfigError("WEBHOOK_SECRET: whsec_ must be followed by base64") from None
+    elif len(secret) < 24:
+        raise ConfigError("WEBHOOK_SECRET: must be whsec_<base64> or at least 24 characters")
+
+
 def _storage_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "s3":
@@ -338,6 +352,8 @@ class Config:
                               f"{'WECHAT_APPID' if missing == 'WECHAT_SECRET' else 'WECHAT_SECRET'}")
         if values["webhook_url"] and not values["webhook_secret"]:
             raise ConfigError("WEBHOOK_SECRET: must be set together with WEBHOOK_URL")
+        if values["webhook_secret"]:
+            _webhook_secret(values["webhook_secret"])
         if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError("LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return cls(**values)

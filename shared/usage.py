@@ -1,23 +1,80 @@
-"""Usage records for billing: one per job that reached a final state, written once."""
+"""Usage records for billing: one per job that reached a final state, written once.
+
+A record is billable: it names the user as their login provider knows them
+(``provider``, ``subject``: e.g. ``wechat`` and the openid) and says what the job
+cost (``credits``) under its workflow's ``price``, which it keeps (``price``) so
+that it explains itself after the workflow file changes. Credits are computed
+from the record's own ``images``, ``megapixels`` and ``gpu_seconds``, exactly
+(decimal arithmetic), then rounded half up to 4 places:
+
+- succeeded: per_job + per_image × images + per_megapixel × megapixels
+  + per_gpu_second × gpu_seconds;
+- failed or cancelled: per_gpu_second × gpu_seconds only (the GPU time it used;
+  0 when the price has no per_gpu_second);
+- no price in the workflow, or its file gone or unreadable when the job
+  finished: credits and price NULL (a warning is logged once, not for every job, while it lasts).
+
+The price is read from the workflow file when the record is written (callers
+pass only the job id), so a changed price applies to jobs that finish after
+the change, without a restart.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.db import execute, query, query_one, utcnow
 
+if TYPE_CHECKING:
+    from shared.workflows import Price
+
+log = logging.getLogger(__name__)
+
 _SEQ_LOCK = "comfy_gateway_usage_seq"
+_PLACES = Decimal("0.0001")  # credits keep 4 decimal places
 
 
 def record_usage(conn, job: dict, *, images: int, megapixels: float, steps: int, gpu_seconds: float,
-                 queue_seconds: float, backend_url: str) -> bool:
-    """Insert the job's usage record unless it exists; return True if this call wrote it."""
-    return execute(conn, """INSERT IGNORE INTO usage_records (job_id, user_id, workflow, status, images, megapixels,
-                            steps, gpu_seconds, queue_seconds, backend, created_at, finished_at)
-                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                   (job["id"], job["user_id"], job["workflow"], job["status"], images, round(megapixels, 4), steps,
-                    round(max(gpu_seconds, 0.0), 3), round(max(queue_seconds, 0.0), 3), backend_url,
-                    job["created_at"], job["finished_at"] or utcnow())) == 1
+                 queue_seconds: float, backend_url: str, price: Price | None = None) -> bool:
+    """Insert the job's usage record unless it exists; return True if this call wrote it.
+
+    The user's provider and subject are copied from ``users`` in the same statement.
+    """
+    megapixels, gpu_seconds = round(megapixels, 4), round(max(gpu_seconds, 0.0), 3)
+    credits = compute_credits(price, job["status"], images=images, megapixels=megapixels, gpu_seconds=gpu_seconds)
+    return execute(conn, """INSERT IGNORE INTO usage_records (job_id, user_id, provider, subject, workflow, status,
+                            images, megapixels, steps, gpu_seconds, queue_seconds, backend, created_at, finished_at,
+                            credits, price)
+                            VALUES (%s, %s, (SELECT provider FROM users WHERE id=%s),
+                                    (SELECT subject FROM users WHERE id=%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                                    %s, %s)""",
+                   (job["id"], job["user_id"], job["user_id"], job["user_id"], job["workflow"], job["status"], images,
+                    megapixels, steps, gpu_seconds, round(max(queue_seconds, 0.0), 3), backend_url,
+                    job["created_at"], job["finished_at"] or utcnow(), credits,
+                    None if price is None else json.dumps(price.to_json()))) == 1
+
+
+def compute_credits(price: Price | None, status: str, *, images: int, megapixels: float,
+                    gpu_seconds: float) -> Decimal | None:
+    """What a final job costs under a price, rounded half up to 4 places; None without a price."""
+    if price is None:
+        return None
+    total = _decimal(price.per_gpu_second) * _decimal(gpu_seconds)
+    if status == "succeeded":
+        total += (_decimal(price.per_job) + _decimal(price.per_image) * images
+                  + _decimal(price.per_megapixel) * _decimal(megapixels))
+    return total.quantize(_PLACES, rounding=ROUND_HALF_UP)
+
+
+def _decimal(value: int | float | None) -> Decimal:
+    """The number as written (0.1 is 0.1, not its binary neighbour); None is 0."""
+    return Decimal(0) if value is None else Decimal(repr(value))
 
 
 def graph_steps(graph: dict) -> int:
@@ -30,8 +87,13 @@ def graph_steps(graph: dict) -> int:
     return total
 
 
-def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0) -> bool:
-    """Write the usage record of a final job (no-op if it exists or the job is not final)."""
+def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0,
+                workflows_dir: str | None = None) -> bool:
+    """Write the usage record of a final job (no-op if it exists or the job is not final).
+
+    The price comes from ``<workflows_dir>/<workflow>.json`` as it is now
+    (``workflows_dir`` defaults to this process's WORKFLOWS_DIR).
+    """
     from shared import jobs
     job = jobs.get_row(conn, job_id)
     if job is None or job["status"] not in jobs.FINAL:
@@ -40,9 +102,65 @@ def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0
     megapixels = sum((o["width"] or 0) * (o["height"] or 0) for o in outputs) / 1e6
     if queue_seconds == 0.0 and job["started_at"] and job["submitted_at"]:
         queue_seconds = (job["started_at"] - job["submitted_at"]).total_seconds()
+    price = workflow_price(job["workflow"], workflows_dir, job_id=job_id)
     return record_usage(conn, job, images=len(outputs), megapixels=megapixels,
                         steps=graph_steps(job["prompt"]) if job["status"] == "succeeded" else 0,
-                        gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, backend_url=backend_url)
+                        gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, backend_url=backend_url, price=price)
+
+
+class _PriceFiles:
+    """The prices of workflow files, read again only when a file changes; each problem is logged once."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._read: dict[Path, tuple[tuple, Price | None, str | None]] = {}  # path -> (stat, price, problem)
+        self._told: dict[Path, str] = {}  # path -> the problem last logged
+
+    def price(self, path: Path, *, job_id: str) -> Price | None:
+        from shared.workflows import WorkflowFileError, load_price
+        try:
+            st = path.stat()
+        except OSError:
+            stamp, price, problem = None, None, "the file is gone"
+        else:
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            with self._lock:
+                known = self._read.get(path)
+            if known is not None and known[0] == stamp:
+                _, price, problem = known
+            else:
+                price, problem = None, None
+                try:
+                    price = load_price(path)
+                except WorkflowFileError as e:
+                    problem = str(e)
+                with self._lock:
+                    self._read[path] = (stamp, price, problem)
+        with self._lock:
+            told = self._told.get(path)
+            if problem is None:
+                self._told.pop(path, None)
+            else:
+                self._told[path] = problem
+        if problem is not None and problem != told:
+            log.warning("job %s: its usage record has no credits: no price from %s (%s); not logged again for "
+                        "other jobs while this lasts", job_id, path, problem)
+        return price
+
+
+_price_files = _PriceFiles()
+
+
+def workflow_price(workflow: str, workflows_dir: str | None = None, *, job_id: str) -> Price | None:
+    """The price the workflow's file states now; None when it sets none or the file is gone or unusable."""
+    from shared.workflows import NAME_RE
+    if workflows_dir is None:
+        from shared.config import Config
+        workflows_dir = Config.from_env().workflows_dir
+    if not NAME_RE.fullmatch(workflow):
+        log.warning("job %s: workflow name %r names no file: its usage record has no credits", job_id, workflow)
+        return None
+    return _price_files.price(Path(workflows_dir) / f"{workflow}.json", job_id=job_id)
 
 
 def assign_sequence(db, *, lock_timeout: int = 10) -> int:
@@ -89,10 +207,14 @@ def list_usage(conn, *, after_id: int, limit: int, since: datetime | None = None
 
 
 def usage_object(row: dict) -> dict:
-    """A usage record as the contract shows it (its id is the sequence number)."""
+    """A usage record as the contract shows it (its id is the sequence number; new fields come last)."""
     from shared.db import isoformat
+    price = row["price"]
+    if isinstance(price, (str, bytes)):
+        price = json.loads(price)
     return {"id": row["seq"], "job_id": row["job_id"], "user_id": row["user_id"], "workflow": row["workflow"],
             "status": row["status"], "images": row["images"], "megapixels": row["megapixels"],
             "steps": row["steps"], "gpu_seconds": row["gpu_seconds"], "queue_seconds": row["queue_seconds"],
             "backend": row["backend"], "created_at": isoformat(row["created_at"]),
-            "finished_at": isoformat(row["finished_at"])}
+            "finished_at": isoformat(row["finished_at"]), "provider": row["provider"], "subject": row["subject"],
+            "credits": None if row["credits"] is None else float(row["credits"]), "price": price}

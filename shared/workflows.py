@@ -6,7 +6,8 @@ A workflow is one JSON file, ``<name>.json`` (see the contract's section
     {"title": "...", "description": "...", "timeout_s": 600,
      "graph": {<the graph exported with "Save (API)">},
      "params": {"seed": {"node": "3", "input": "seed", "type": "integer", ...}},
-     "inputs": {"image": {"title": "Load Image", "input": "image", "required": true}}}
+     "inputs": {"image": {"title": "Load Image", "input": "image", "required": true}},
+     "price": {"per_job": 1, "per_image": 2}}
 
 ``load_workflow`` checks everything when the file is read, so that a typo
 fails at start-up with a message naming the file and the problem instead of
@@ -52,7 +53,7 @@ TYPES = ("string", "integer", "number", "boolean")
 # choices(class_type, input_name) -> the choices a ComfyUI server offers, or None if unknown.
 Choices = Callable[[str, str], "list[str] | None"]
 
-_FILE_KEYS = ("title", "description", "timeout_s", "graph", "params", "inputs")
+_FILE_KEYS = ("title", "description", "timeout_s", "graph", "params", "inputs", "price")
 _TARGET_KEYS = ("node", "title", "input")
 _CONSTRAINTS = ("minimum", "maximum", "multiple_of", "max_length", "enum", "enum_from", "random_default")
 _PARAM_KEYS = _TARGET_KEYS + ("targets", "type", "required", "default", "label", "description") + _CONSTRAINTS
@@ -70,6 +71,10 @@ _TYPE_REASON = {
     "boolean": "must be true or false",
 }
 _MAX_LISTED_CHOICES = 10
+PRICE_KEYS = ("per_job", "per_image", "per_megapixel", "per_gpu_second")
+# Credits per unit: high enough for any real tariff, low enough that no job's total overflows
+# usage_records.credits (DECIMAL(20,4)).
+MAX_PRICE = 1_000_000
 
 
 class WorkflowFileError(ValueError):
@@ -190,6 +195,20 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What one job of a workflow costs, in credits: only the parts the file sets (each a number >= 0)."""
+
+    per_job: int | float | None = None
+    per_image: int | float | None = None
+    per_megapixel: int | float | None = None
+    per_gpu_second: int | float | None = None
+
+    def to_json(self) -> dict:
+        """The parts that are set, as the file wrote them ({"per_job": 1, "per_gpu_second": 0.1})."""
+        return {key: getattr(self, key) for key in PRICE_KEYS if getattr(self, key) is not None}
+
+
+@dataclass(frozen=True)
 class Workflow:
     """A loaded, validated workflow file. ``graph`` is shared: never change it, ``fill`` copies it."""
 
@@ -200,6 +219,7 @@ class Workflow:
     graph: dict = field(repr=False)
     params: dict[str, ParamSpec]
     inputs: dict[str, InputSpec]
+    price: Price | None = None
 
     def public(self, choices: Choices | None = None) -> dict:
         """Return this workflow's entry of GET /v1/workflows, with ``enum_from`` resolved through ``choices``."""
@@ -432,10 +452,11 @@ def _parse(name: str, doc: Any, problems: _Problems) -> Workflow | None:
     claimed: dict[Target, str] = {}
     params = _parse_group(doc.get("params", {}), "params", graph, claimed, problems)
     inputs = _parse_group(doc.get("inputs", {}), "inputs", graph, claimed, problems)
+    price = _parse_price(doc.get("price"), problems)
     if problems:
         return None
     return Workflow(name=name, title=title, description=description, timeout_s=timeout_s,
-                    graph=graph, params=params, inputs=inputs)
+                    graph=graph, params=params, inputs=inputs, price=price)
 
 
 _UI_FORMAT = ("the graph is in ComfyUI's UI format (a saved workflow with \"nodes\" and \"links\"); "
@@ -734,6 +755,60 @@ def _parse_param(name: str, spec: dict, where: str, graph: dict | None, problems
             return None
         param = dataclasses.replace(param, default=value)
     return param
+
+
+# --- price -------------------------------------------------------------------
+
+
+def _parse_price(raw: Any, problems: _Problems) -> Price | None:
+    """Check the optional "price" object (credits per job, image, megapixel, GPU second); None when absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.add("price", 'must be an object of credits, e.g. {"per_job": 1, "per_image": 2}')
+        return None
+    if not raw:
+        problems.add("price", f"sets no price: give one or more of {', '.join(PRICE_KEYS)} "
+                              '(remove "price" for no billing; {"per_job": 0} is free)')
+        return None
+    parts = {}
+    for key, value in raw.items():
+        where = f"price.{key}"
+        if key not in PRICE_KEYS:
+            problems.add(where, "unknown key" + _did_you_mean(key, PRICE_KEYS) + f" (allowed: {', '.join(PRICE_KEYS)})")
+        elif _type_reason("number", value):
+            problems.add(where, f"must be a number of credits (got {_show(value)})")
+        elif value < 0:
+            problems.add(where, "must be at least 0")
+        elif value > MAX_PRICE:
+            problems.add(where, f"must be at most {MAX_PRICE}")
+        else:
+            parts[key] = value
+    return Price(**parts) if len(parts) == len(raw) else None
+
+
+def load_price(path) -> Price | None:
+    """Read only the price of a workflow file (None: it sets none); raise ``WorkflowFileError`` when unusable.
+
+    For usage records written after start-up: a job is billed at the price its
+    workflow file states when the job finishes, even if another part of the
+    file has been broken since.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except OSError as e:
+        raise WorkflowFileError(path.name, [f"cannot be read: {e.strerror or e}"]) from None
+    except (UnicodeDecodeError, ValueError):
+        raise WorkflowFileError(path.name, ["is not valid JSON (UTF-8)"]) from None
+    if not isinstance(doc, dict):
+        raise WorkflowFileError(path.name, ["must be a JSON object"])
+    problems = _Problems()
+    price = _parse_price(doc.get("price"), problems)
+    if problems:
+        raise WorkflowFileError(path.name, problems)
+    return price
 
 
 # --- values ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import requests
 
 from functions import auth, result, status, submit, workflows
 from shared.context import Context, set_context
+from shared.labels import label_bytes
 from tests.fakes.comfyui import FakeComfy
 from tests.stack import start_api, start_listener, wait_for
 
@@ -96,7 +97,9 @@ def check_images(images: list[dict], fake: FakeComfy, job_id: str) -> None:
     for image, ref in zip(images, saved):
         data = requests.get(image["url"], timeout=10)
         assert data.status_code == 200
-        assert data.content == fake.output_bytes(ref["filename"], ref["subfolder"], ref["type"])
+        stored = label_bytes(fake.output_bytes(ref["filename"], ref["subfolder"], ref["type"]), job_id=job_id,
+                             provider="comfy-gateway")  # ComfyUI's graph dropped, the AI-content label added
+        assert data.content == stored
         assert image["bytes"] == len(data.content)
         assert (image["content_type"], image["width"], image["height"]) == ("image/png", 64, 64)
 

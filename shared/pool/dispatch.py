@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from shared import backends, jobs
+from shared import backends, jobs, outbox
 from shared.comfy import ComfyError, ComfyRejectedError, ComfyUnreachableError
 from shared.pool import capabilities, queue
 from shared.storage import StorageError
@@ -122,6 +122,7 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
             jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}",
                              on=backend["id"])
             write_usage(conn, job_id, url)
+            outbox.job_finished(conn, job_id)
         return Outcome(job_id, url, "rejected", e)
     except ComfyUnreachableError as e:
         # Nothing was sent: back to the queue (the listener notices the server is gone).
@@ -161,6 +162,7 @@ def sweep(ctx) -> dict[str, Outcome]:
         with ctx.db.transaction() as conn:
             if queue.expire(conn, job_id, f"the job waited in the queue longer than {limit:.0f}s"):
                 write_usage(conn, job_id, "")
+                outbox.job_finished(conn, job_id)
                 log.warning("job %s: waited in the gateway queue longer than %.0fs", job_id, limit)
     return dispatch(ctx)
 

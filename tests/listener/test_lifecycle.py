@@ -7,6 +7,7 @@ import requests
 
 from listener.finalize import finalize
 from shared.cancellation import cancel
+from shared.labels import label_bytes
 from tests.listener.conftest import txt2img
 from tests.stack import wait_for
 
@@ -21,7 +22,8 @@ def test_success_records_outputs_usage_and_preview(harness, fake):
     history = requests.get(f"{fake.base_url}/history/{job_id}", timeout=5).json()[job_id]
     for out, ref in zip(outs, history["outputs"]["9"]["images"]):
         with harness.ctx.store.open(out["object_key"]) as f:
-            assert f.read() == fake.output_bytes(ref["filename"])
+            # ComfyUI's image as stored: its graph dropped, the AI-content label added (shared/labels.py)
+            assert f.read() == label_bytes(fake.output_bytes(ref["filename"]), job_id=job_id, provider="comfy-gateway")
         assert (out["width"], out["height"], out["content_type"]) == (64, 64, "image/png")
     [usage] = harness.usage(job_id)
     assert (usage["status"], usage["images"], usage["steps"]) == ("succeeded", 2, 8)

@@ -54,3 +54,16 @@ def test_readme_table_lists_exactly_the_settings():
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", section, flags=re.M))
     assert documented == {s.env for s in SETTINGS}
+
+
+@pytest.mark.parametrize("secret, ok", [("short", False), ("whsec_!!!", False), ("whsec_c2hvcnQ=", False),
+                                        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", True), ("x" * 24, True)])
+def test_webhook_secrets_are_checked_at_start(secret, ok):
+    env = {"WEBHOOK_URL": "https://hooks.example.com/gw", "WEBHOOK_SECRET": secret}
+    if ok:
+        assert Config.from_env(env).webhook_secret == secret
+    else:
+        with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+            Config.from_env(env)
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET: must be set together with WEBHOOK_URL"):
+        Config.from_env({"WEBHOOK_URL": "https://hooks.example.com/gw"})

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import InvalidParamsError
-from shared.workflows import (InputSpec, ParamSpec, Target, Workflow, WorkflowFileError,
-                              choices_from_object_info, load_workflow, load_workflows)
+from shared.workflows import (InputSpec, ParamSpec, Price, Target, Workflow, WorkflowFileError,
+                              choices_from_object_info, load_price, load_workflow, load_workflows)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "comfyui"
@@ -730,3 +730,108 @@ def test_readme_worked_example_loads(tmp_path):
     _, resolved = wf.fill({"prompt": "an old fisherman, oil painting", "steps": 30}, rng=random.Random(0))
     assert resolved["steps"] == 30 and resolved["checkpoint"] == "v1-5-pruned-emaonly.safetensors"
     assert 0 <= resolved["seed"] <= 4294967295
+    assert wf.price == Price(per_image=2, per_gpu_second=0.05)
+
+
+# --- price (billing) -------------------------------------------------------------
+
+@pytest.mark.parametrize("price, expected", [
+    ({"per_job": 1, "per_image": 2, "per_megapixel": 0.5, "per_gpu_second": 0.1},
+     Price(per_job=1, per_image=2, per_megapixel=0.5, per_gpu_second=0.1)),
+    ({"per_gpu_second": 0.00025}, Price(per_gpu_second=0.00025)),
+    ({"per_image": 3}, Price(per_image=3)),
+    ({"per_job": 0}, Price(per_job=0)),  # free, and the records say so
+    ({"per_megapixel": 1000000}, Price(per_megapixel=1000000)),
+    (None, None),  # "price": null is no price, like an absent key
+])
+def test_price_loads(tmp_path, price, expected):
+    wf = load_workflow(write(tmp_path, "priced.json", doc_with(price=price)))
+    assert wf.price == expected
+    if price is not None:
+        assert wf.price.to_json() == price
+        assert load_price(tmp_path / "priced.json") == expected
+
+
+def test_no_price_and_price_is_never_public(wf, tmp_path):
+    assert wf.price is None
+    priced = load_workflow(write(tmp_path, "priced.json", doc_with(price={"per_job": 1})))
+    assert priced.public(choices) == wf.public(choices) | {"name": "priced"}
+    assert "per_job" not in json.dumps(priced.public(choices))
+
+
+PRICE_ERRORS = [
+    # (case, price, fragments of the message after "<file>: ")
+    ("not an object", 5, ['price: must be an object of credits']),
+    ("a list", [{"per_job": 1}], ['price: must be an object of credits']),
+    ("a string", "free", ['price: must be an object of credits']),
+    ("empty", {}, ["price: sets no price", "per_job, per_image, per_megapixel, per_gpu_second"]),
+    ("unknown key", {"per_imgae": 2}, ['price.per_imgae: unknown key (did you mean "per_image"?)', "allowed: per_job"]),
+    ("unrelated key", {"currency": "CNY"}, ["price.currency: unknown key"]),
+    ("string number", {"per_job": "1"}, ['price.per_job: must be a number of credits (got "1")']),
+    ("boolean", {"per_image": True}, ["price.per_image: must be a number of credits (got true)"]),
+    ("null part", {"per_image": None}, ["price.per_image: must be a number of credits (got null)"]),
+    ("object part", {"per_image": {"amount": 1}}, ["price.per_image: must be a number of credits"]),
+    ("negative", {"per_gpu_second": -0.1}, ["price.per_gpu_second: must be at least 0"]),
+    ("negative integer", {"per_job": -1}, ["price.per_job: must be at least 0"]),
+    ("too big", {"per_megapixel": 1000001}, ["price.per_megapixel: must be at most 1000000"]),
+    ("overflowing", '{"per_job": 1e400}', ["price.per_job: must be a number of credits (got Infinity)"]),
+]
+
+
+def _with_price(price) -> str:
+    """A whole workflow file whose "price" is the given value (or JSON text, for what json.dumps cannot write)."""
+    text = json.dumps(doc_with(price={"per_job": 0}))
+    return text.replace('"price": {"per_job": 0}', '"price": ' + (price if isinstance(price, str) and
+                                                                   price.startswith("{") else json.dumps(price)))
+
+
+@pytest.mark.parametrize("case, price, fragments", PRICE_ERRORS, ids=[c[0] for c in PRICE_ERRORS])
+def test_price_errors_are_load_problems(tmp_path, case, price, fragments):
+    write(tmp_path, "good.json", doc_with(price={"per_job": 1}))
+    write(tmp_path, "priced.json", _with_price(price))
+    workflows, errors = load_workflows(tmp_path)
+    assert list(workflows) == ["good"]  # a bad price skips only its own file
+    assert len(errors) == 1 and errors[0].startswith("priced.json: ")
+    for fragment in fragments:
+        assert fragment in errors[0]
+    with pytest.raises(WorkflowFileError) as caught:
+        load_price(tmp_path / "priced.json")  # what usage records read later says the same
+    assert str(caught.value) == errors[0]
+
+
+def test_every_price_problem_is_reported_at_once(tmp_path):
+    doc = doc_with(price={"per_job": -1, "per_imag": 1, "per_gpu_second": "0.1"}, timeout_s=-1)
+    with pytest.raises(WorkflowFileError) as caught:
+        load_workflow(write(tmp_path, "multi.json", doc))
+    assert len(caught.value.problems) == 4
+    for fragment in ("timeout_s: must be", "price.per_job: must be at least 0", "price.per_imag: unknown key",
+                     "price.per_gpu_second: must be a number"):
+        assert fragment in str(caught.value)
+
+
+def test_price_key_typo_at_top_level(tmp_path):
+    with pytest.raises(WorkflowFileError, match='prices: unknown key \\(did you mean "price"\\?\\)'):
+        load_workflow(write(tmp_path, "typo.json", doc_with(prices={"per_job": 1})))
+
+
+@pytest.mark.parametrize("content, expected", [
+    (doc_with(price={"per_job": 1}), Price(per_job=1)),
+    (doc_with(), None),
+    # the rest of the file broken since start-up: its price still holds for the jobs still running
+    (doc_with(price={"per_image": 2}, graph={}), Price(per_image=2)),
+])
+def test_load_price_reads_only_the_price(tmp_path, content, expected):
+    assert load_price(write(tmp_path, "w.json", content)) == expected
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "gone.json: cannot be read"),
+    ('{"price": ', "w.json: is not valid JSON"),
+    (b'{"price": "\xff"}', "w.json: is not valid JSON"),
+    ("[]", "w.json: must be a JSON object"),
+    ('{"price": {"per_job": 1}, "price": {"per_job": 0}}', "w.json: is not valid JSON"),
+])
+def test_load_price_of_an_unusable_file(tmp_path, content, fragment):
+    path = tmp_path / "gone.json" if content is None else write(tmp_path, "w.json", content)
+    with pytest.raises(WorkflowFileError, match="^" + fragment):
+        load_price(path)
