@@ -32,7 +32,7 @@ import websocket
 
 from listener import protocol
 from listener.finalize import HistoryPendingError, finalize
-from listener.outbox_sender import OutboxSender
+from listener.outbox_sender import OutboxSender, SubscribeSender
 from listener.reconcile import enforce_timeouts, reconcile, release_held
 from listener.tracker import Tracker
 from shared import backends, jobs
@@ -344,12 +344,14 @@ class Listener:
         self.workers = [BackendWorker(ctx, url, self.owner, self.stop_event) for url in ctx.config.comfyui_urls]
         self.sweeper = threading.Thread(target=self._sweep, name="gateway queue sweep", daemon=True)
         self.outbox = OutboxSender(ctx, self.stop_event)  # webhooks (listener/outbox_sender.py)
+        self.pushes = SubscribeSender(ctx, self.stop_event)  # WeChat subscribe messages (the same module)
 
     def start(self) -> None:
         for w in self.workers:
             w.start()
         self.sweeper.start()
         self.outbox.start()
+        self.pushes.start()
 
     def _sweep(self) -> None:
         """Every DISPATCH_SWEEP_S: time out jobs waiting too long, then dispatch (a safety net:
@@ -365,6 +367,7 @@ class Listener:
         if self.sweeper.ident is not None:
             self.sweeper.join(timeout)
         self.outbox.join(timeout)
+        self.pushes.join(timeout)
         for w in self.workers:
             w.join(timeout)
         for w in self.workers:

@@ -14,6 +14,28 @@ tries the next due event rather than spending a timeout on each of them now.
 
 Without WEBHOOK_URL the thread only discards the events the others write (no one will send them).
 Sent and given-up events are deleted after RETENTION_S (the window of `gateway webhooks replay`).
+
+``SubscribeSender`` is a second thread, the same loop over the ``kind='subscribe'`` rows: WeChat
+subscribe messages of jobs submitted with notify (``shared/subscribe.py``). Its rules differ,
+because a push cannot be deduplicated by the phone (WeChat takes no idempotency key) and each one
+spends one of the user's accepted subscriptions: **at most once**, and at least once as far as
+WeChat's answers allow.
+
+* errcode 0: sent. 40001/42001 (the access token): reported (``shared/wechat_token.py``), sent
+  again at once with a new token, retried with back-off if that is refused too.
+* -1 (busy), 45009/45011, 5xx, junk, no connection, the access token not to be had (WeChat
+  unreachable, or refusing WECHAT_APPID/WECHAT_SECRET): nothing was pushed: retried with the
+  back-off above for SUBSCRIBE_RETRY_FOR_S (an hour: a later "your picture is ready" is noise),
+  then given up with one ERROR line.
+* 43101 (the user refused, or has no subscription left) and every other refusal (bad openid,
+  template, page, data): given up at once with one WARNING; sending again cannot change it.
+* Sent and no answer (a read timeout, a reset after sending): WeChat may have pushed it. Not sent
+  again (a second push would spend a subscription the user gave for another job): given up with
+  one WARNING, so the worst case is one push missing, never two. The same holds for a listener
+  killed between claiming a push and recording WeChat's answer: the next claim finds the attempt
+  unrecorded (``in_flight``) and gives it up without sending.
+
+Without WECHAT_SUBSCRIBE_TEMPLATE_ID the thread discards the subscribe rows.
 """
 
 from __future__ import annotations
@@ -27,7 +49,10 @@ from datetime import timedelta
 from shared import outbox
 from shared.db import utcnow
 from shared.errors import DatabaseUnavailableError
+from shared.subscribe import SubscribeClient, message
 from shared.webhooks import WebhookClient, WebhookError
+from shared.wechat import (WeChatConfigError, WeChatError, WeChatRateLimitedError, WeChatTokenError,
+                           WeChatUnavailableError, WeChatUnclearError)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +64,8 @@ MAX_DELAY_S = 3600.0      # ...up to an hour between attempts
 RETRY_FOR_S = 86400.0     # failing for a day from its first attempt: given up
 RETENTION_S = 30 * 86400.0  # sent and given-up events are kept this long (replay window)
 PRUNE_EVERY_S = 3600.0
+SUBSCRIBE_RETRY_FOR_S = 3600.0  # a push not possible for an hour is given up
+IN_FLIGHT = "in flight: no answer recorded"  # a subscribe push's error while it is being sent
 
 
 def retry_delay(attempts: int, *, rng=random.random) -> float:
@@ -49,13 +76,17 @@ def retry_delay(attempts: int, *, rng=random.random) -> float:
 
 
 class OutboxSender:
-    """The thread that sends due events (or, without WEBHOOK_URL, discards them)."""
+    """The thread that sends due webhook events (or, without WEBHOOK_URL, discards them)."""
 
-    def __init__(self, ctx, stopping: threading.Event | None = None, *, client: WebhookClient | None = None):
+    kind = outbox.KIND_WEBHOOK
+    what = "webhooks"
+    in_flight: str | None = None  # webhooks are sent again after a crash mid-send (at least once)
+
+    def __init__(self, ctx, stopping: threading.Event | None = None, *, client=None):
         self.ctx = ctx
         self.stopping = stopping or threading.Event()
         self.client = client
-        self.thread = threading.Thread(target=self.run, name="outbox sender", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=f"outbox sender ({self.kind})", daemon=True)
         self.stats = {"sent": 0, "failed": 0, "given_up": 0, "discarded": 0}
         self._pruned_at = 0.0
 
@@ -77,50 +108,58 @@ class OutboxSender:
             self.client = WebhookClient(self.ctx.session, cfg.webhook_url, cfg.webhook_secret, timeout=TIMEOUT_S)
         return self.client
 
+    def _hold_s(self) -> float:
+        return HOLD_S
+
+    def _retry_for_s(self) -> float:
+        return RETRY_FOR_S
+
     def run(self) -> None:
         try:
             client = self._client()
         except ValueError as e:  # a malformed whsec_ secret: the message names the setting, never its value
-            log.error("webhooks not sent: %s", e)
+            log.error("%s not sent: %s", self.what, e)
             return
         while not self.stopping.is_set():
             try:
                 if client is None:
                     with self.ctx.db.transaction(isolation="READ COMMITTED") as conn:  # no gap locks on inserts
-                        self.stats["discarded"] += outbox.discard_unsent(conn)
+                        self.stats["discarded"] += outbox.discard_unsent(conn, kind=self.kind)
                 else:
                     self.send_due(client)
                 self._prune()
             except DatabaseUnavailableError:
-                log.warning("outbox: database unavailable; retrying")
+                log.warning("outbox (%s): database unavailable; retrying", self.kind)
             except Exception:
-                log.exception("outbox: unexpected error (the next pass retries)")
+                log.exception("outbox (%s): unexpected error (the next pass retries)", self.kind)
             self.stopping.wait(POLL_S)
 
-    def send_due(self, client: WebhookClient, *, most: int | None = None) -> int:
+    def send_due(self, client, *, most: int | None = None) -> int:
         """Send due events until none is left, one fails, or the sender stops; return how many were sent."""
-        sent = 0
-        while not self.stopping.is_set() and (most is None or sent < most):
+        before = self.stats["sent"]
+        while not self.stopping.is_set() and (most is None or self.stats["sent"] - before < most):
             with self.ctx.db.transaction(isolation="READ COMMITTED") as conn:
-                event = outbox.claim_due(conn, hold_s=HOLD_S, retry_for_s=RETRY_FOR_S)
-            if event is None:
+                event = outbox.claim_due(conn, kind=self.kind, hold_s=self._hold_s(),
+                                         retry_for_s=self._retry_for_s(), in_flight=self.in_flight)
+            if event is None or not self._send(client, event):
                 break
-            if not self._send(client, event):
-                break
-            sent += 1
-        return sent
+        return self.stats["sent"] - before
 
     def _send(self, client: WebhookClient, event: dict) -> bool:
+        """Send one claimed event and record the outcome; False ends the pass (the receiver seems down)."""
         try:
             client.deliver(event["event_id"], outbox.body(event))
         except WebhookError as e:
             return self._failed(event, str(e))
+        self._sent(event)
+        return True
+
+    def _sent(self, event: dict) -> None:
         with self.ctx.db.connection() as conn:
             outbox.mark_sent(conn, event["id"])
         self.stats["sent"] += 1
-        log.info("webhook %s (%s of job %s) sent on attempt %d", event["event_id"], event["event_type"],
+        log.info("%s %s (%s of job %s) sent on attempt %d", self.kind, event["event_id"], event["event_type"],
                  event["job_id"], event["attempts"])
-        return True
 
     def _failed(self, event: dict, error: str) -> bool:
         self.stats["failed"] += 1
@@ -128,11 +167,11 @@ class OutboxSender:
             result = outbox.mark_failed(conn, event["id"], error, retry_delay(event["attempts"]))
         if result == "given_up":
             self.stats["given_up"] += 1
-            log.error("webhook %s (%s of job %s): given up after %d attempts over a day: %s (resend it with "
-                      "`gateway webhooks replay`)", event["event_id"], event["event_type"], event["job_id"],
-                      event["attempts"], error)
+            log.error("%s %s (%s of job %s): given up after %d attempts over %s: %s%s", self.kind, event["event_id"],
+                      event["event_type"], event["job_id"], event["attempts"], _span(self._retry_for_s()), error,
+                      " (resend it with `gateway webhooks replay`)" if self.kind == outbox.KIND_WEBHOOK else "")
         else:
-            log.warning("webhook %s (%s of job %s): attempt %d failed: %s; retried later", event["event_id"],
+            log.warning("%s %s (%s of job %s): attempt %d failed: %s; retried later", self.kind, event["event_id"],
                         event["event_type"], event["job_id"], event["attempts"], error)
         return False
 
@@ -142,4 +181,56 @@ class OutboxSender:
             return
         self._pruned_at = now
         with self.ctx.db.transaction(isolation="READ COMMITTED") as conn:
-            outbox.prune(conn, utcnow() - timedelta(seconds=RETENTION_S))
+            outbox.prune(conn, utcnow() - timedelta(seconds=RETENTION_S), kind=self.kind)
+
+
+def _span(seconds: float) -> str:
+    return "a day" if seconds == 86400 else "an hour" if seconds == 3600 else f"{seconds:g} s"
+
+
+class SubscribeSender(OutboxSender):
+    """The thread that pushes WeChat subscribe messages of finished notify jobs, at most once each
+    (or, without WECHAT_SUBSCRIBE_TEMPLATE_ID, discards them)."""
+
+    kind = outbox.KIND_SUBSCRIBE
+    what = "subscribe messages"
+    in_flight = IN_FLIGHT
+
+    def _client(self) -> SubscribeClient | None:
+        cfg = self.ctx.config
+        if self.client is None and cfg.wechat_subscribe_template_id and self.ctx.wechat_tokens is not None:
+            self.client = SubscribeClient(self.ctx.session, cfg.wechat_api_base, self.ctx.wechat_tokens,
+                                          timeout=cfg.wechat_timeout)
+        return self.client
+
+    def _hold_s(self) -> float:
+        # Past the longest attempt: two token fetches and two sends (a refused token), each at most 2 timeouts.
+        return 8 * self.ctx.config.wechat_timeout + 30.0
+
+    def _retry_for_s(self) -> float:
+        return SUBSCRIBE_RETRY_FOR_S
+
+    def _send(self, client: SubscribeClient, event: dict) -> bool:
+        if event["interrupted"]:
+            return self._give_up(event, "an earlier attempt was interrupted before WeChat's answer was recorded "
+                                        "(it may have been pushed)", ended_pass=False)
+        workflow = self.ctx.workflows.get(event["payload"]["workflow"])
+        try:
+            client.send(message(self.ctx.config, event["payload"], workflow.title if workflow else None))
+        except WeChatUnclearError as e:
+            return self._give_up(event, f"{e}: it may have been pushed", ended_pass=True)
+        except (WeChatUnavailableError, WeChatTokenError, WeChatRateLimitedError, WeChatConfigError) as e:
+            return self._failed(event, str(e))  # nothing was pushed: try again later
+        except WeChatError as e:
+            return self._give_up(event, str(e), ended_pass=False)
+        self._sent(event)
+        return True
+
+    def _give_up(self, event: dict, error: str, *, ended_pass: bool) -> bool:
+        """Never send this push again (WeChat refused it, or it may have been pushed already)."""
+        with self.ctx.db.connection() as conn:
+            outbox.give_up(conn, event["id"], error)
+        self.stats["given_up"] += 1
+        log.warning("subscribe message %s of job %s: given up, not sent again: %s", event["event_id"],
+                    event["job_id"], error)
+        return not ended_pass

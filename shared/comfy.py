@@ -71,7 +71,7 @@ def ws_url(base_url: str, client_id: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", f"clientId={client_id}", ""))
 
 
-def _never_connected(exc: requests.ConnectionError) -> bool:
+def never_connected(exc: requests.ConnectionError) -> bool:
     """True when requests failed before a connection existed (so nothing was sent)."""
     reason = exc.args[0] if exc.args else None
     reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
@@ -95,7 +95,7 @@ class ComfyClient:
         except requests.Timeout as e:
             raise ComfyTimeoutError(f"{method} {path}: no answer within {kwargs['timeout']}s") from e
         except requests.ConnectionError as e:
-            if _never_connected(e):
+            if never_connected(e):
                 raise ComfyUnreachableError(f"{method} {path}: connection refused") from e
             raise ComfyUnavailableError(f"{method} {path}: {type(e).__name__}") from e
         except requests.RequestException as e:

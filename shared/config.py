@@ -82,11 +82,13 @@ def _float(lo: float = 0.0):
     return parse
 
 
-def _addressing_style(value: str) -> str:
-    v = value.strip().lower()
-    if v not in ("auto", "path", "virtual"):
-        raise ValueError("must be auto, path or virtual")
-    return v
+def _choice(*choices: str):
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError(f"must be {', '.join(choices[:-1])} or {choices[-1]}")
+        return v
+    return parse
 
 
 def _bool(value: str) -> bool:
@@ -139,6 +141,19 @@ def _webhook_secret(secret: str) -> None:
         raise ConfigError("WEBHOOK_SECRET: must be whsec_<base64> or at least 24 characters")
 
 
+def _subscribe_data(value: str) -> tuple[tuple[str, str], ...]:
+    from shared.subscribe import parse_data
+    return parse_data(value)
+
+
+def _page(value: str) -> str:
+    """A page of the mini-program (pages/index/index, optionally with a query)."""
+    v = value.strip()
+    if not v or len(v) > 128 or any(c.isspace() or not c.isprintable() for c in v) or "#" in v:
+        raise ValueError(f"{value!r} is not a page path like pages/index/index")
+    return v
+
+
 def _storage_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "s3":
@@ -181,7 +196,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("S3_ENDPOINT_URL", "s3_endpoint_url", _http_url, None,
             "Endpoint of a non-AWS S3 API (MinIO, Tencent COS, Aliyun OSS, ...)."),
     Setting("S3_REGION", "s3_region", _str, "us-east-1", "Region used to sign S3 requests (SigV4)."),
-    Setting("S3_ADDRESSING_STYLE", "s3_addressing_style", _addressing_style, "auto",
+    Setting("S3_ADDRESSING_STYLE", "s3_addressing_style", _choice("auto", "path", "virtual"), "auto",
             "auto: path-style (endpoint/bucket/key) with S3_ENDPOINT_URL, else AWS's choice; virtual "
             "(bucket.endpoint/key, needed by Tencent COS and Aliyun OSS) or path to force one."),
     Setting("PUBLIC_BASE_URL", "public_base_url", _http_url, "http://127.0.0.1:8000",
@@ -204,7 +219,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WECHAT_SECRET", "wechat_secret", _str, None,
             "The mini-program's AppSecret (never logged, never returned)."),
     Setting("WECHAT_TIMEOUT", "wechat_timeout", _float(0.1), 5.0,
-            "Seconds for the call to WeChat's jscode2session (connect and read); past it the login answers 503."),
+            "Seconds for each call to WeChat's server API (connect and read): jscode2session (past it the login "
+            "answers 503), stable_token, subscribe messages."),
+    Setting("WECHAT_SUBSCRIBE_TEMPLATE_ID", "wechat_subscribe_template_id", _str, None,
+            "The subscribe message template (from the mini-program's admin console) pushed when a job submitted "
+            "with notify: true is final; needs WECHAT_APPID, WECHAT_SECRET and WECHAT_SUBSCRIBE_DATA. Unset: no "
+            "pushes (the listener drops them). Listener only."),
+    Setting("WECHAT_SUBSCRIBE_PAGE", "wechat_subscribe_page", _page, "pages/index/index",
+            "The mini-program page the pushed message opens; ?job=<id> is added."),
+    Setting("WECHAT_SUBSCRIBE_DATA", "wechat_subscribe_data", _subscribe_data, None,
+            "JSON object from the template's keys to text with placeholders, e.g. {\"thing1\": "
+            "\"{workflow_title}\", \"phrase2\": \"{status_text}\", \"time3\": \"{finished_at}\"}; placeholders: "
+            "workflow, workflow_title, status, status_text, finished_at, job_id. Checked at start."),
+    Setting("WECHAT_MINIPROGRAM_STATE", "wechat_miniprogram_state", _choice("formal", "trial", "developer"),
+            "formal",
+            "Which version of the mini-program the pushed message opens: formal, trial or developer."),
     Setting("STATE_DIR", "state_dir", _str, _state(),
             "Local state: the private database of `gateway dev`, local storage."),
     Setting("COMFYUI_TIMEOUT", "comfyui_timeout", _float(0.1), 10.0,
@@ -279,6 +308,14 @@ SETTINGS: tuple[Setting, ...] = (
 _SECRET_FIELDS = {"secret_key", "secret_key_previous", "admin_token", "database_url", "wechat_secret", "webhook_secret"}
 
 
+def _together(values: dict, first: str, second: str) -> None:
+    """Two settings that mean nothing alone: both set or neither (the message names the missing one)."""
+    a, b = (bool(values[next(s.field for s in SETTINGS if s.env == name)]) for name in (first, second))
+    if a != b:
+        missing, other = (second, first) if a else (first, second)
+        raise ConfigError(f"{missing}: must be set together with {other}")
+
+
 @dataclass(frozen=True)
 class Config:
     database_url: DatabaseUrl | None
@@ -299,6 +336,10 @@ class Config:
     wechat_appid: str | None
     wechat_secret: str | None
     wechat_timeout: float
+    wechat_subscribe_template_id: str | None
+    wechat_subscribe_page: str
+    wechat_subscribe_data: tuple[tuple[str, str], ...] | None
+    wechat_miniprogram_state: str
     state_dir: str
     comfyui_timeout: float
     comfyui_slots: int
@@ -346,10 +387,10 @@ class Config:
                 raise ConfigError(f"{s.env}: {e}") from None
         if values["storage_url"] is None:
             values["storage_url"] = Path(values["state_dir"], "storage").resolve().as_uri()
-        if bool(values["wechat_appid"]) != bool(values["wechat_secret"]):
-            missing = "WECHAT_SECRET" if values["wechat_appid"] else "WECHAT_APPID"
-            raise ConfigError(f"{missing}: must be set together with "
-                              f"{'WECHAT_APPID' if missing == 'WECHAT_SECRET' else 'WECHAT_SECRET'}")
+        _together(values, "WECHAT_APPID", "WECHAT_SECRET")
+        if values["wechat_subscribe_template_id"] and not values["wechat_appid"]:
+            raise ConfigError("WECHAT_SUBSCRIBE_TEMPLATE_ID: needs WECHAT_APPID and WECHAT_SECRET (the access token)")
+        _together(values, "WECHAT_SUBSCRIBE_TEMPLATE_ID", "WECHAT_SUBSCRIBE_DATA")
         if values["webhook_url"] and not values["webhook_secret"]:
             raise ConfigError("WEBHOOK_SECRET: must be set together with WEBHOOK_URL")
         if values["webhook_secret"]:

@@ -70,6 +70,16 @@ class Context:
         session.mount("https://", adapter)
         return session
 
+    @cached_property
+    def wechat_tokens(self):
+        """The mini-program's access token, shared through MySQL (None without WECHAT_APPID / WECHAT_SECRET)."""
+        cfg = self.config
+        if not cfg.wechat_appid or not cfg.wechat_secret:
+            return None
+        from shared.wechat_token import AccessTokens
+        return AccessTokens(self.db, self.session, cfg.wechat_api_base, cfg.wechat_appid, cfg.wechat_secret,
+                            timeout=cfg.wechat_timeout)
+
     def comfy(self, base_url: str) -> ComfyClient:
         """The client of one ComfyUI server."""
         from shared.comfy import ComfyClient

@@ -9,6 +9,10 @@ finalization runs. The listener sends them (``listener/outbox_sender.py``); they
 whether or not WEBHOOK_URL is set, because the API functions that cancel jobs do not have the
 setting (it is the listener's): a listener without WEBHOOK_URL discards them.
 
+A job submitted with ``"notify": true`` by a WeChat user also gets one ``kind='subscribe'`` row
+(``job.finished``): the WeChat subscribe message to its openid (``shared/subscribe.py``), written
+the same way and dropped by a listener without WECHAT_SUBSCRIBE_TEMPLATE_ID.
+
 Times here are the database's clock (UTC), the one every sender shares.
 """
 
@@ -21,6 +25,8 @@ from datetime import datetime
 from shared.db import execute, isoformat, query, query_one
 
 KIND_WEBHOOK = "webhook"
+KIND_SUBSCRIBE = "subscribe"
+SUBSCRIBE_EVENT = "job.finished"
 JOB_EVENTS = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
 USAGE_RECORDED = "usage.recorded"
 
@@ -69,27 +75,45 @@ def job_finished(conn, job_id: str) -> None:
     record = query_one(conn, "SELECT * FROM usage_records WHERE job_id=%s", (job_id,))
     if record is not None:
         add_event(conn, USAGE_RECORDED, job_id, usage.usage_object(record))
+    if row.get("notify"):
+        _subscribe_event(conn, row)
+
+
+def _subscribe_event(conn, row: dict) -> None:
+    """The push of a job submitted with notify: what the message tells, rendered by the listener when it sends."""
+    from shared import users
+    user = users.get_user(conn, row["user_id"])
+    if user is None or user["provider"] != "wechat":  # submit refuses notify for others: nobody to push to
+        return
+    add_event(conn, SUBSCRIBE_EVENT, row["id"], {"touser": user["subject"], "job_id": row["id"],
+                                                 "workflow": row["workflow"], "status": row["status"],
+                                                 "finished_at": isoformat(row["finished_at"])},
+              kind=KIND_SUBSCRIBE)
 
 
 # -- the sender's side (listener/outbox_sender.py) ---------------------------------------------------
 
-def claim_due(conn, *, kind: str = KIND_WEBHOOK, hold_s: float, retry_for_s: float) -> dict | None:
+def claim_due(conn, *, kind: str = KIND_WEBHOOK, hold_s: float, retry_for_s: float,
+              in_flight: str | None = None) -> dict | None:
     """Take the oldest due event and hold it for ``hold_s`` (run in a READ COMMITTED transaction).
 
     Other senders skip the locked row and, once this commits, see it not due until the hold
     passes: only a sender that died mid-send lets it come back. Its first claim of a round
-    starts the round's day of retries.
+    starts the round's day of retries. ``in_flight``: kept as the event's error until this
+    attempt's outcome is recorded, so a claim that finds it knows the attempt before it ended
+    unrecorded (``interrupted``: it may or may not have been delivered).
     """
-    row = query_one(conn, """SELECT id, event_id, event_type, job_id, payload, created_at, attempts FROM outbox
-                             WHERE kind=%s AND next_attempt_at <= UTC_TIMESTAMP(3)
+    row = query_one(conn, """SELECT id, event_id, event_type, job_id, payload, created_at, attempts, last_error
+                             FROM outbox WHERE kind=%s AND next_attempt_at <= UTC_TIMESTAMP(3)
                              ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED""", (kind,))
     if row is None:
         return None
-    execute(conn, """UPDATE outbox SET attempts=attempts+1,
+    execute(conn, """UPDATE outbox SET attempts=attempts+1, last_error=COALESCE(%s, last_error),
                      next_attempt_at=UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND,
                      retry_until=COALESCE(retry_until, UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND)
-                     WHERE id=%s""", (int(hold_s * 1e6), int(retry_for_s * 1e6), row["id"]))
+                     WHERE id=%s""", (in_flight, int(hold_s * 1e6), int(retry_for_s * 1e6), row["id"]))
     row["attempts"] += 1
+    row["interrupted"] = in_flight is not None and row.pop("last_error") == in_flight
     if isinstance(row["payload"], (str, bytes)):
         row["payload"] = json.loads(row["payload"])
     return row
@@ -114,8 +138,7 @@ def mark_failed(conn, outbox_id: int, error: str, retry_in_s: float) -> str:
     if row is None:
         return "gone"
     if row["expired"]:
-        execute(conn, """UPDATE outbox SET given_up_at=UTC_TIMESTAMP(3), next_attempt_at=NULL, last_error=%s
-                         WHERE id=%s""", (error[:255], outbox_id))
+        give_up(conn, outbox_id, error)
         return "given_up"
     execute(conn, """UPDATE outbox SET last_error=%s,
                      next_attempt_at=LEAST(UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND, retry_until)
@@ -123,8 +146,15 @@ def mark_failed(conn, outbox_id: int, error: str, retry_in_s: float) -> str:
     return "retry"
 
 
+def give_up(conn, outbox_id: int, error: str) -> bool:
+    """Stop sending an event (an answer that will not change, or its retries are over)."""
+    return execute(conn, """UPDATE outbox SET given_up_at=UTC_TIMESTAMP(3), next_attempt_at=NULL, last_error=%s
+                            WHERE id=%s AND sent_at IS NULL AND given_up_at IS NULL""", (error[:255], outbox_id)) == 1
+
+
 def discard_unsent(conn, *, kind: str = KIND_WEBHOOK, limit: int = 1000) -> int:
-    """Delete events nobody will send (no WEBHOOK_URL): the table stays empty for operators without one."""
+    """Delete events nobody will send (no WEBHOOK_URL, no WECHAT_SUBSCRIBE_TEMPLATE_ID): the table stays empty
+    for operators without one."""
     return execute(conn, "DELETE FROM outbox WHERE kind=%s AND sent_at IS NULL LIMIT %s", (kind, limit))
 
 

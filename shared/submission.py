@@ -16,7 +16,7 @@ import uuid
 
 import pymysql
 
-from shared import backends, jobs, limits
+from shared import backends, jobs, limits, users
 from shared.errors import (BackendUnavailableError, ConflictError, InvalidParamsError, UnknownWorkflowError,
                            WorkflowRejectedError)
 from shared.http import check_fields
@@ -31,11 +31,29 @@ SUBMIT_SENDS = 2  # prompts one submit request may send (its own, and one job fa
 
 
 def request_hash(body: dict) -> str:
+    """What a replay must repeat: the body, with ``"notify": false`` the same as no ``notify`` (the
+    same job), and ``"notify": true`` a different request (it changes what the job does)."""
+    if body.get("notify") is False:
+        body = {k: v for k, v in body.items() if k != "notify"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _check_notify(ctx, user_id: str, body: dict) -> bool:
+    """``notify``: a boolean, and true only for a user logged in through WeChat (the push goes to the openid)."""
+    notify = body.get("notify", False)
+    if not isinstance(notify, bool):
+        raise InvalidParamsError("notify must be true or false", details={"notify": "must be a boolean"})
+    if notify:
+        with ctx.db.connection() as conn:
+            user = users.get_user(conn, user_id)
+        if user is None or user["provider"] != "wechat":
+            raise InvalidParamsError("notify needs a WeChat login (POST /v1/auth/wechat): the message goes to the "
+                                     "user's openid", details={"notify": "only for users logged in through WeChat"})
+    return notify
+
+
 def _validate_body(ctx, body: dict):
-    check_fields(body, {"workflow", "params", "inputs"})
+    check_fields(body, {"workflow", "params", "inputs", "notify"})
     name = body.get("workflow")
     if not isinstance(name, str) or not name:
         raise InvalidParamsError("workflow is required", details={"workflow": "required string"})
@@ -54,6 +72,7 @@ def _validate_body(ctx, body: dict):
 def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) -> tuple[int, dict]:
     """Create a job in the gateway queue and dispatch at once; return (HTTP status, job row)."""
     workflow, params, inputs = _validate_body(ctx, body)
+    notify = _check_notify(ctx, user_id, body)
     if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
         raise InvalidParamsError("Idempotency-Key must be 1 to 255 characters",
                                  details={"Idempotency-Key": "1 to 255 characters"})
@@ -100,7 +119,8 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
                                     daily_quota=ctx.config.daily_job_quota)
             queue.enqueue(conn, job_id=job_id, user_id=user_id, workflow=workflow.name, params=resolved,
                           prompt=graph, needs=needs, model=capabilities.model_of(needs), inputs=stored,
-                          servers=[b["id"] for b in able], idempotency_key=idempotency_key, request_hash=digest)
+                          servers=[b["id"] for b in able], idempotency_key=idempotency_key, request_hash=digest,
+                          notify=notify)
     except pymysql.err.IntegrityError:
         # Another request with the same Idempotency-Key won the race.
         _forget_inputs(ctx, stored)

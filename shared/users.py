@@ -17,3 +17,8 @@ def get_or_create_user(conn, *, provider: str, subject: str, unionid: str | None
     if unionid and row["unionid"] != unionid:
         execute(conn, "UPDATE users SET unionid=%s WHERE id=%s", (unionid, row["id"]))
     return row["id"]
+
+
+def get_user(conn, user_id: str) -> dict | None:
+    """The login of a user: provider ('dev', 'wechat') and subject (name, openid); None if unknown."""
+    return query_one(conn, "SELECT id, provider, subject FROM users WHERE id=%s", (user_id,))

@@ -312,7 +312,8 @@ def test_request_bodies_reject_unknown_fields():
     assert bodies == 4  # wechat, dev, uploads, jobs
     job = SPEC["components"]["schemas"]["JobRequest"]
     assert job["required"] == ["workflow"]
-    assert set(job["properties"]) == {"workflow", "params", "inputs"}
+    assert set(job["properties"]) == {"workflow", "params", "inputs", "notify"}
+    assert job["properties"]["notify"] == {**job["properties"]["notify"], "type": "boolean", "default": False}
     value = deref(job["properties"]["params"]["additionalProperties"])
     assert {s["type"] for s in value["anyOf"]} == {"string", "integer", "number", "boolean"}
     assert job["properties"]["inputs"]["additionalProperties"]["type"] == "string"

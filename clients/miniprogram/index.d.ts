@@ -202,7 +202,7 @@ export interface Client {
   upload(filePath: string, options: { contentType: 'image/png' | 'image/jpeg' | 'image/webp'; size?: number }): Promise<string>;
   /** POST /v1/jobs with an Idempotency-Key (made when not given, the same across retries). */
   submit(workflow: string, params?: Record<string, unknown>,
-         options?: { inputs?: Record<string, string>; idempotencyKey?: string }): Promise<Job>;
+         options?: { inputs?: Record<string, string>; idempotencyKey?: string; notify?: boolean }): Promise<Job>;
   /** GET /v1/jobs/{id} once. */
   job(jobId: string): Promise<Job>;
   /** Poll until final; onUpdate is called for every change (never for a 304). */

@@ -439,6 +439,7 @@ function createClient(options) {
     var key = o.idempotencyKey || newIdempotencyKey();
     var body = { workflow: workflow, params: params || {} };
     if (o.inputs) body.inputs = o.inputs;
+    if (o.notify === true) body.notify = true; // after wx.requestSubscribeMessage was accepted
     var res = await withRetries(function () {
       return call('POST', '/v1/jobs', { body: body, headers: { 'Idempotency-Key': key } });
     });

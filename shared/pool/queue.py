@@ -29,10 +29,11 @@ WAITING = "status='queued' AND backend_id IS NULL"
 
 def enqueue(conn, *, job_id: str, user_id: str, workflow: str, params: dict, prompt: dict, needs: dict,
             model: str | None, inputs: dict | None, servers: list[int] | int, idempotency_key: str | None = None,
-            request_hash: str | None = None) -> None:
+            request_hash: str | None = None, notify: bool = False) -> None:
     """Write a job that waits in the gateway queue, in its round (call with the user's row locked).
 
-    ``servers``: the ids of the servers able to run it now (a count where they are not known).
+    ``servers``: the ids of the servers able to run it now (a count where they are not known);
+    ``notify``: push a WeChat subscribe message when it is final.
     """
     ids = servers if isinstance(servers, list) else []
     capable = sum({1 << (i % 64) for i in ids}) or (1 << 64) - 1
@@ -42,11 +43,11 @@ def enqueue(conn, *, job_id: str, user_id: str, workflow: str, params: dict, pro
     rank = max(-1 if row["mine"] is None else row["mine"] + 1, row["current"] or 0)
     now = utcnow()
     execute(conn, """INSERT INTO jobs (id, user_id, backend_id, workflow, params, prompt, status, fair_rank, needs,
-                     model, inputs, servers, capable, idempotency_key, request_hash, created_at, updated_at)
-                     VALUES (%s, %s, NULL, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                     model, inputs, servers, capable, idempotency_key, request_hash, notify, created_at, updated_at)
+                     VALUES (%s, %s, NULL, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (job_id, user_id, workflow, json.dumps(params), json.dumps(prompt), rank, json.dumps(needs), model,
              json.dumps(inputs) if inputs else None, max(len(ids) if ids else servers, 1), capable, idempotency_key,
-             request_hash, now, now))
+             request_hash, int(notify), now, now))
 
 
 def waiting(conn, *, limit: int = 100, lock: bool = False, after: dict | None = None) -> list[dict]:

@@ -1,10 +1,14 @@
-"""A fake WeChat server API on loopback: ``GET /sns/jscode2session`` as WeChat documents it.
+"""A fake WeChat server API on loopback: ``GET /sns/jscode2session``, ``POST /cgi-bin/stable_token`` and
+``POST /cgi-bin/message/subscribe/send`` as WeChat documents them.
 
     with FakeWeChat(appid="wx-test", secret="s3cr3t") as wx:
         wx.add_code("code-1", openid="o-alice", unionid="u-alice")
+        wx.subscribe("o-alice", "tmpl-1")            # the user accepted one message of that template
         ... point WECHAT_API_BASE at wx.url ...
 
 Answers (HTTP 200, ``Content-Type: text/plain`` like the real one unless ``content_type`` is set):
+
+jscode2session (GET):
 
 - a registered code, first use: ``{"openid", "session_key"[, "unionid"]}``;
 - the same code again: ``{"errcode": 40163, "errmsg": "code been used, rid: ..."}``;
@@ -12,11 +16,33 @@ Answers (HTTP 200, ``Content-Type: text/plain`` like the real one unless ``conte
 - wrong appid: 40013 ``invalid appid``; wrong secret: 40125 ``invalid appsecret``;
   ``grant_type`` other than ``authorization_code``: 40002 ``invalid grant_type``.
 
-Controls: ``delay`` (seconds before answering), ``fail_next(errcode, times=1)``
-(e.g. -1 system busy, 45011 rate limit, 40226 high-risk user), ``raw_next(status,
-body, content_type)`` (a proxy's HTML error page, a redirect). Every request is kept
-in ``requests`` (method, path, query dict, headers) for assertions; the session
-keys handed out are in ``session_keys``.
+stable_token (POST, JSON body ``{"grant_type": "client_credential", "appid", "secret", "force_refresh"}``):
+
+- ``{"access_token", "expires_in"}``: the current token while more than ``renew_within_s`` of it is
+  left, else a new one (the old one stays valid until it expires, as WeChat does); with
+  ``force_refresh: true`` always a new one, and the earlier ones stop working (counted in
+  ``force_refreshes``); tokens live ``token_expires_in`` seconds;
+- wrong grant_type 40002, appid 40013, secret 40125; a body that is not JSON: 47001.
+
+subscribe/send (POST ``?access_token=``, JSON body ``{"touser", "template_id", "page", "data",
+"miniprogram_state", "lang"}``):
+
+- an unknown or revoked token: 40001; an expired one: 42001;
+- ``template_id`` not in ``templates`` (when that set is not empty): 40037; a ``touser`` that has
+  not accepted a message of that template (``subscribe()``), or has used what it accepted: 43101;
+  ``data`` not ``{key: {"value": str}}``, a ``thing`` over 20 characters, a bad
+  ``miniprogram_state``: 47003;
+- else ``{"errcode": 0, "errmsg": "ok"}``, the message kept in ``pushes`` (one subscription used).
+
+Controls: ``delay`` (seconds before answering anything), ``send_delay`` (seconds after a
+subscribe/send was processed and pushed before answering it: a timeout after sending),
+``fail_next(errcode, times=1, path=None)`` (e.g. -1 system busy, 45011 rate limit, 40226
+high-risk user, 43101; only requests to ``path`` when given), ``raw_next(status, body,
+content_type, path=None)`` (a proxy's HTML error page, a redirect), ``outage(status=503)`` /
+``restore()`` (every request answered with a proxy's error page), ``revoke_tokens()`` and
+``expire_tokens()``. Every request is kept in ``requests`` (method, path, query dict, headers,
+JSON body) for assertions; the session keys handed out are in ``session_keys``, the tokens in
+``tokens_issued``.
 """
 
 from __future__ import annotations
@@ -24,13 +50,22 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 ERRMSGS = {
     -1: "system error",
+    40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
+    40003: "invalid openid",
+    40037: "invalid template_id",
+    42001: "access_token expired",
+    43101: "user refuse to accept the msg",
+    45009: "reach max api daily quota limit",
+    47001: "data format error",
+    47003: "argument invalid!",
     40013: "invalid appid",
     40029: "invalid code",
     40125: "invalid appsecret",
@@ -41,12 +76,17 @@ ERRMSGS = {
 }
 
 
+_NOT_JSON = object()
+STATES = ("formal", "trial", "developer")
+
+
 @dataclass
 class RecordedRequest:
     method: str
     path: str
     query: dict
     headers: dict
+    json: object = None
 
 
 @dataclass
@@ -66,18 +106,36 @@ class _Raw:
 
 
 @dataclass
+class _Token:
+    value: str
+    expires_at: float  # time.monotonic()
+    revoked: bool = False
+
+
+@dataclass
 class FakeWeChat:
     appid: str = "wx-fake-appid"
     secret: str = field(default_factory=lambda: "fake-secret-" + secrets.token_hex(8))
     delay: float = 0.0
+    send_delay: float = 0.0
     content_type: str = "text/plain"
+    token_expires_in: int = 7200
+    renew_within_s: float = 300.0
+    templates: set = field(default_factory=set)
     requests: list = field(default_factory=list)
     session_keys: list = field(default_factory=list)
+    tokens_issued: list = field(default_factory=list)
+    pushes: list = field(default_factory=list)
+    force_refreshes: int = 0
 
     def __post_init__(self):
         self._lock = threading.Lock()
         self._codes: dict[str, _Identity] = {}
-        self._forced: list = []  # errcode ints or _Raw answers, used first-in first-out
+        self._forced: list = []  # (path or None, errcode int or _Raw answer), used first-in first-out
+        self._outage: _Raw | None = None
+        self._tokens: dict[str, _Token] = {}
+        self._current: _Token | None = None
+        self._subscriptions: dict[tuple[str, str], int] = {}
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -91,17 +149,54 @@ class FakeWeChat:
             self._codes[code] = _Identity(openid=openid, unionid=unionid, session_key=session_key)
         return session_key
 
-    def fail_next(self, errcode: int, times: int = 1) -> None:
-        """Answer the next ``times`` requests with this errcode, whatever they ask."""
+    def fail_next(self, errcode: int, times: int = 1, path: str | None = None) -> None:
+        """Answer the next ``times`` requests (to ``path`` if given) with this errcode, whatever they ask."""
         with self._lock:
-            self._forced.extend([errcode] * times)
+            self._forced.extend([(path, errcode)] * times)
 
     def raw_next(self, status: int, body: bytes | str, content_type: str = "text/html",
-                 headers: dict | None = None) -> None:
-        """Answer the next request with this exact HTTP answer."""
+                 headers: dict | None = None, path: str | None = None) -> None:
+        """Answer the next request (to ``path`` if given) with this exact HTTP answer."""
         with self._lock:
-            self._forced.append(_Raw(status, body.encode() if isinstance(body, str) else body, content_type,
-                                     dict(headers or {})))
+            self._forced.append((path, _Raw(status, body.encode() if isinstance(body, str) else body, content_type,
+                                            dict(headers or {}))))
+
+    def outage(self, status: int = 503) -> None:
+        """Answer every request with a proxy's error page until ``restore()``."""
+        self._outage = _Raw(status, f"<html><body>{status} Service Unavailable</body></html>".encode(), "text/html",
+                            {})
+
+    def restore(self) -> None:
+        self._outage = None
+
+    def subscribe(self, openid: str, template_id: str, times: int = 1) -> None:
+        """The user accepted ``times`` messages of this template (wx.requestSubscribeMessage)."""
+        with self._lock:
+            self._subscriptions[(openid, template_id)] = self._subscriptions.get((openid, template_id), 0) + times
+
+    def subscriptions_left(self, openid: str, template_id: str) -> int:
+        with self._lock:
+            return self._subscriptions.get((openid, template_id), 0)
+
+    def revoke_tokens(self) -> None:
+        """Every token handed out stops working (40001), as after a force_refresh by someone else."""
+        with self._lock:
+            for token in self._tokens.values():
+                token.revoked = True
+            self._current = None
+
+    def expire_tokens(self) -> None:
+        """Every token handed out expires now (42001)."""
+        with self._lock:
+            for token in self._tokens.values():
+                token.expires_at = time.monotonic()
+            self._current = None
+
+    def token_requests(self) -> list:
+        return [r for r in self.requests if r.path == "/cgi-bin/stable_token"]
+
+    def send_requests(self) -> list:
+        return [r for r in self.requests if r.path == "/cgi-bin/message/subscribe/send"]
 
     @property
     def url(self) -> str:
@@ -155,20 +250,36 @@ class FakeWeChat:
         parts = urlsplit(h.path)
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         length = int(h.headers.get("Content-Length") or 0)
-        if length:
-            h.rfile.read(length)
+        raw = h.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = _NOT_JSON
         with self._lock:
-            self.requests.append(RecordedRequest(h.command, parts.path, query, dict(h.headers.items())))
+            self.requests.append(RecordedRequest(h.command, parts.path, query, dict(h.headers.items()),
+                                                 None if body is _NOT_JSON else body))
         if self.delay and self._stopping.wait(self.delay):
             return
-        if parts.path != "/sns/jscode2session" or h.command != "GET":
+        route = {("GET", "/sns/jscode2session"): self._jscode2session,
+                 ("POST", "/cgi-bin/stable_token"): self._stable_token,
+                 ("POST", "/cgi-bin/message/subscribe/send"): self._subscribe_send}.get((h.command, parts.path))
+        if route is None:
             return self._send(h, 404, b"<html><body>404 Not Found</body></html>", "text/html")
+        outage = self._outage
+        if outage is not None:
+            return self._send(h, outage.status, outage.body, outage.content_type, outage.headers)
         with self._lock:
-            forced = self._forced.pop(0) if self._forced else None
+            forced = next((f for f in self._forced if f[0] in (None, parts.path)), None)
+            if forced is not None:
+                self._forced.remove(forced)
+                forced = forced[1]
         if isinstance(forced, _Raw):
             return self._send(h, forced.status, forced.body, forced.content_type, forced.headers)
         if forced is not None:
             return self._error(h, forced)
+        route(h, query, body)
+
+    def _jscode2session(self, h, query: dict, body) -> None:
         if query.get("appid") != self.appid:
             return self._error(h, 40013)
         if query.get("secret") != self.secret:
@@ -193,6 +304,59 @@ class FakeWeChat:
         if identity.unionid:
             answer["unionid"] = identity.unionid
         self._send(h, 200, json.dumps(answer).encode(), self.content_type)
+
+    def _stable_token(self, h, query: dict, body) -> None:
+        if not isinstance(body, dict):
+            return self._error(h, 47001)
+        if body.get("grant_type") != "client_credential":
+            return self._error(h, 40002)
+        if body.get("appid") != self.appid:
+            return self._error(h, 40013)
+        if body.get("secret") != self.secret:
+            return self._error(h, 40125)
+        now = time.monotonic()
+        with self._lock:
+            if body.get("force_refresh") is True:
+                self.force_refreshes += 1
+                for token in self._tokens.values():
+                    token.revoked = True
+                self._current = None
+            current = self._current
+            if current is None or current.revoked or current.expires_at - now <= self.renew_within_s:
+                current = _Token("tok-" + secrets.token_urlsafe(24), now + self.token_expires_in)
+                self._tokens[current.value] = self._current = current
+                self.tokens_issued.append(current.value)
+            left = max(int(round(current.expires_at - now)), 1)
+        self._send(h, 200, json.dumps({"access_token": current.value, "expires_in": left}).encode(), self.content_type)
+
+    def _subscribe_send(self, h, query: dict, body) -> None:
+        with self._lock:
+            token = self._tokens.get(query.get("access_token", ""))
+        if token is None or token.revoked:
+            return self._error(h, 40001)
+        if token.expires_at <= time.monotonic():
+            return self._error(h, 42001)
+        if not isinstance(body, dict):
+            return self._error(h, 47001)
+        template = body.get("template_id")
+        if not isinstance(template, str) or (self.templates and template not in self.templates):
+            return self._error(h, 40037)
+        data = body.get("data")
+        if (not isinstance(data, dict) or not data or body.get("miniprogram_state", "formal") not in STATES
+                or not all(isinstance(v, dict) and isinstance(v.get("value"), str) for v in data.values())
+                or any(k.startswith("thing") and len(v["value"]) > 20 for k, v in data.items())):
+            return self._error(h, 47003)
+        touser = body.get("touser")
+        with self._lock:
+            left = self._subscriptions.get((touser, template), 0)
+            if left > 0:
+                self._subscriptions[(touser, template)] = left - 1
+                self.pushes.append(body)
+        if left <= 0:
+            return self._error(h, 43101)
+        if self.send_delay and self._stopping.wait(self.send_delay):
+            return
+        self._send(h, 200, json.dumps({"errcode": 0, "errmsg": "ok"}).encode(), self.content_type)
 
     def _error(self, h, errcode: int) -> None:
         body = {"errcode": errcode, "errmsg": f"{ERRMSGS.get(errcode, 'error')}, rid: {secrets.token_hex(4)}"}

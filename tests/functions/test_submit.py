@@ -194,3 +194,58 @@ def test_workflows_without_a_connected_server_offer_no_choices_and_wait_for_none
     assert "enum" not in checkpoint and checkpoint["default"] == "v1-5-pruned-emaonly.safetensors"
     assert {w["name"]: w for w in r.get_json()["workflows"]}["txt2img"]["available"] is False
     ctx.db.close()
+
+
+# -- notify: a WeChat subscribe message when the job is final ----------------------------------------------
+
+def wechat_headers(ctx, openid: str = "o-notify-user") -> dict:
+    from shared.tokens import issue_token
+    from shared.users import get_or_create_user
+    with ctx.db.connection() as conn:
+        user_id = get_or_create_user(conn, provider="wechat", subject=openid)
+    token, _ = issue_token(ctx.config.secret_key, user_id, 600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, [], {}])
+def test_notify_must_be_a_boolean(stack, db_conn, value):
+    ctx, client, _ = stack
+    r = client.post("/v1/jobs", json={**BODY, "notify": value}, headers=wechat_headers(ctx))
+    assert r.status_code == 400, r.get_data(as_text=True)
+    error = r.get_json()["error"]
+    assert error["code"] == "invalid_params" and error["details"] == {"notify": "must be a boolean"}
+    assert rows(db_conn, "SELECT id FROM jobs") == ()
+
+
+def test_notify_needs_a_wechat_login(stack, db_conn):
+    """A dev-login user has no openid to push to: said at once, not silently ignored."""
+    ctx, client, h = stack
+    r = client.post("/v1/jobs", json={**BODY, "notify": True}, headers=h)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    error = r.get_json()["error"]
+    assert error["code"] == "invalid_params" and "WeChat login" in error["message"]
+    assert error["details"] == {"notify": "only for users logged in through WeChat"}
+    assert rows(db_conn, "SELECT id FROM jobs") == ()
+    r = client.post("/v1/jobs", json={**BODY, "notify": False}, headers=h)
+    assert r.status_code == 202
+    assert [row["notify"] for row in rows(db_conn, "SELECT notify FROM jobs")] == [0]
+
+
+def test_notify_is_stored_and_part_of_the_idempotency_comparison(stack, db_conn):
+    ctx, client, _ = stack
+    h = wechat_headers(ctx)
+    first = client.post("/v1/jobs", json={**BODY, "notify": True}, headers={**h, "Idempotency-Key": "n-1"})
+    assert first.status_code == 202, first.get_data(as_text=True)
+    job_id = first.get_json()["job"]["id"]
+    assert "notify" not in first.get_json()["job"]  # the job object is unchanged
+    assert rows(db_conn, "SELECT notify FROM jobs WHERE id=%s", (job_id,))[0]["notify"] == 1
+    again = client.post("/v1/jobs", json={**BODY, "notify": True}, headers={**h, "Idempotency-Key": "n-1"})
+    assert again.status_code == 200 and again.get_json()["job"]["id"] == job_id
+    other = client.post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "n-1"})
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_conflict"
+    # "notify": false is the same request as no notify at all.
+    plain = client.post("/v1/jobs", json=BODY, headers={**h, "Idempotency-Key": "n-2"})
+    assert plain.status_code == 202
+    same = client.post("/v1/jobs", json={**BODY, "notify": False}, headers={**h, "Idempotency-Key": "n-2"})
+    assert same.status_code == 200 and same.get_json()["job"]["id"] == plain.get_json()["job"]["id"]
+    assert len(rows(db_conn, "SELECT id FROM jobs")) == 2

@@ -225,6 +225,15 @@ test('a login code WeChat refused is replaced by a fresh one once', async () => 
 
 // ---- submit -----------------------------------------------------------------------------
 
+test('submit sends notify only when it is true', async () => {
+  const { client, api } = setup(() => json(202, { job: jobBody('queued') }));
+  await client.devLogin('alice');
+  await client.submit('txt2img', { prompt: 'a' }, { notify: true });
+  await client.submit('txt2img', { prompt: 'a' }, { notify: false });
+  await client.submit('txt2img', { prompt: 'a' });
+  assert.deepEqual(api().map((c) => c.body.notify), [true, undefined, undefined]);
+});
+
 test('submit retries a 503 with Retry-After after that many seconds, with the same Idempotency-Key', async () => {
   let n = 0;
   const { client, clock, api } = setup((req) => {
