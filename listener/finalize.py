@@ -17,7 +17,7 @@ from shared.comfy import ComfyError, ComfyNotFoundError, ComfyProtocolError
 from shared.images import HeadCapture, sniff
 from shared.labels import LabelingReader
 from shared.pool.dispatch import ATTEMPT_KEY
-from shared.usage import write_usage
+from shared.usage import close_job, write_usage
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ def apply_hint(ctx, job_id: str, hint: dict, backend_url: str, on: int | None = 
         else:
             jobs.mark_failed(conn, job_id, code=hint["code"], message=hint["message"],
                              node_id=hint.get("node_id"), node_type=hint.get("node_type"), on=on)
-        write_usage(conn, job_id, backend_url)
-        outbox.job_finished(conn, job_id)
+        close_job(conn, job_id, backend_url)
     return hint["status"]
 
 
@@ -252,8 +251,7 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
             log.error("job %s: %s", job_id, e)
             with ctx.db.transaction() as conn:
                 jobs.mark_failed(conn, job_id, code="output_copy_failed", message=str(e), on=backend_id)
-                write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
-                outbox.job_finished(conn, job_id)
+                close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
             return "failed"
         with ctx.db.transaction() as conn:
             # Only the call that wins the state change records outputs (a cancel may have won).
@@ -264,8 +262,8 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
                     jobs.add_output(conn, job_id=job_id, node_id=r["node_id"], index=r["index"], key=r["key"],
                                     content_type=r["content_type"], size=r["size"], width=r["width"],
                                     height=r["height"])
-            write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
-            outbox.job_finished(conn, job_id)  # the events of whichever final state won, once
+            # the events of whichever final state won, once
+            close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
         if changed:
             log.info("job %s: succeeded with %d image(s)", job_id, len(records))
         return "succeeded" if changed else "unchanged"
@@ -277,7 +275,6 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
             jobs.mark_failed(conn, job_id, code="execution_error",
                              message=(err.get("exception_message") or "ComfyUI reported an error").strip(),
                              node_id=err.get("node_id"), node_type=err.get("node_type"), on=backend_id)
-        write_usage(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
-        outbox.job_finished(conn, job_id)
+        close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
     log.info("job %s: %s", job_id, result)
     return result

@@ -23,8 +23,8 @@ import time
 from datetime import timedelta
 
 from listener.finalize import HistoryPendingError, current_attempt, finalize
-from shared.usage import write_usage
-from shared import jobs, outbox
+from shared.usage import close_job
+from shared import jobs
 from shared.comfy import ComfyError
 from shared.db import query_one, utcnow
 from shared.pool import queue
@@ -138,8 +138,7 @@ def _settle_missing(ctx, backend: dict, job: dict, *, now, submit_grace_s: float
     if job["cancel_requested"]:
         with ctx.db.transaction() as conn:
             jobs.mark_cancelled(conn, job_id, on=backend["id"])
-            write_usage(conn, job_id, backend["url"])
-            outbox.job_finished(conn, job_id)
+            close_job(conn, job_id, backend["url"])
         return "finalized"
     first_missed = missing.setdefault(job_id, clock())
     if clock() - first_missed < settle_s:
@@ -162,15 +161,13 @@ def release_job(ctx, backend: dict, job: dict) -> str:
                 log.warning("job %s: %s no longer has it (%s); back in the gateway queue", job["id"], backend["url"],
                             "it was running" if started else "not started")
             elif _cancel_asked(conn, job["id"]) and jobs.mark_cancelled(conn, job["id"], on=backend["id"]):
-                write_usage(conn, job["id"], backend["url"])  # a cancel came meanwhile: nothing left to run
-                outbox.job_finished(conn, job["id"])
+                close_job(conn, job["id"], backend["url"])  # a cancel came meanwhile: nothing left to run
         return "requeued"
     with ctx.db.transaction() as conn:
         if jobs.mark_failed(conn, job["id"], code="backend_lost", on=backend["id"],
                             message="the ComfyUI server running this job went away (it restarted or was lost)"):
             log.warning("job %s: lost by %s", job["id"], backend["url"])
-        write_usage(conn, job["id"], backend["url"])
-        outbox.job_finished(conn, job["id"])
+        close_job(conn, job["id"], backend["url"])
     return "lost"
 
 
@@ -190,8 +187,7 @@ def release_held(ctx, backend: dict) -> int:
         if job["cancel_requested"]:
             with ctx.db.transaction() as conn:
                 jobs.mark_cancelled(conn, job["id"], on=backend["id"])
-                write_usage(conn, job["id"], backend["url"])
-                outbox.job_finished(conn, job["id"])
+                close_job(conn, job["id"], backend["url"])
         else:
             release_job(ctx, backend, job)
     return len(held)
@@ -245,8 +241,7 @@ def enforce_timeouts(ctx, backend: dict, comfy, *, queue_timeout_s: float, defau
             if jobs.mark_failed(conn, job["id"], code="timeout", message=message, on=backend["id"]):
                 failed += 1
                 log.warning("job %s: %s", job["id"], message)
-            write_usage(conn, job["id"], backend["url"])
-            outbox.job_finished(conn, job["id"])
+            close_job(conn, job["id"], backend["url"])
     return failed
 
 

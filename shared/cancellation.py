@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
-from shared import backends, jobs, outbox
+from shared import backends, jobs
 from shared.comfy import ComfyError
 from shared.db import execute, utcnow
 from shared.errors import BackendUnavailableError, ConflictError
-from shared.usage import write_usage
+from shared.usage import close_job
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
         # Still in the gateway queue: no server has heard of it.
         with ctx.db.transaction() as conn:
             jobs.mark_cancelled(conn, job_id)
-            write_usage(conn, job_id, "")
-            outbox.job_finished(conn, job_id)
+            close_job(conn, job_id, "")
     else:
         comfy = ctx.comfy(backend["url"])
         try:
@@ -57,8 +56,7 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
                 with ctx.db.transaction() as conn:
                     if jobs.mark_cancelled(conn, job_id):
                         log.info("job %s: cancelled", job_id)
-                    write_usage(conn, job_id, backend["url"])
-                    outbox.job_finished(conn, job_id)
+                    close_job(conn, job_id, backend["url"])
         except ComfyError as e:
             # The request is recorded: the listener stops the job when it sees it.
             log.warning("job %s: cancel could not reach %s: %s", job_id, backend["url"], e)

@@ -60,14 +60,14 @@ def add_event(conn, event_type: str, job_id: str, payload: dict, *, kind: str = 
             (new_event_id(), kind, event_type, job_id, json.dumps(payload, ensure_ascii=False, default=str)))
 
 
-def job_finished(conn, job_id: str) -> None:
+def job_finished(conn, job_id: str, *, row: dict | None = None) -> None:
     """Write the events of a final job: its final state and its usage record (each once).
 
     Call it in the transaction that made the job final and wrote its usage record, after both.
     A job not final (another caller won, or nothing changed) gets nothing here.
     """
     from shared import jobs, usage
-    row = jobs.get_row(conn, job_id)
+    row = row if row is not None else jobs.get_row(conn, job_id)
     if row is None or row["status"] not in jobs.FINAL:
         return
     add_event(conn, JOB_EVENTS[row["status"]], job_id, job_payload(conn, row))

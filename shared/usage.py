@@ -87,15 +87,25 @@ def graph_steps(graph: dict) -> int:
     return total
 
 
+def close_job(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0) -> bool:
+    """The records of a job that ended, in the transaction that made it final: its usage record, then
+    the events telling of it (shared/outbox.py), each written once; True if the usage record is new."""
+    from shared import jobs, outbox
+    job = jobs.get_row(conn, job_id)
+    wrote = write_usage(conn, job_id, backend_url, gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, job=job)
+    outbox.job_finished(conn, job_id, row=job)
+    return wrote
+
+
 def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0, queue_seconds: float = 0.0,
-                workflows_dir: str | None = None) -> bool:
+                workflows_dir: str | None = None, job: dict | None = None) -> bool:
     """Write the usage record of a final job (no-op if it exists or the job is not final).
 
     The price comes from ``<workflows_dir>/<workflow>.json`` as it is now
-    (``workflows_dir`` defaults to this process's WORKFLOWS_DIR).
+    (``workflows_dir`` defaults to this process's WORKFLOWS_DIR). ``job``: its row, if already read.
     """
     from shared import jobs
-    job = jobs.get_row(conn, job_id)
+    job = job if job is not None else jobs.get_row(conn, job_id)
     if job is None or job["status"] not in jobs.FINAL:
         return False
     outputs = jobs.list_outputs(conn, job_id) if job["status"] == "succeeded" else []

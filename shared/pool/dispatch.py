@@ -17,11 +17,11 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from shared import backends, jobs, outbox
+from shared import backends, jobs
 from shared.comfy import ComfyError, ComfyRejectedError, ComfyUnreachableError
 from shared.pool import capabilities, queue
 from shared.storage import StorageError
-from shared.usage import write_usage
+from shared.usage import close_job
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
         with ctx.db.transaction() as conn:
             jobs.mark_failed(conn, job_id, code="execution_error", message=f"ComfyUI rejected the workflow: {e}",
                              on=backend["id"])
-            write_usage(conn, job_id, url)
-            outbox.job_finished(conn, job_id)
+            close_job(conn, job_id, url)
         return Outcome(job_id, url, "rejected", e)
     except ComfyUnreachableError as e:
         # Nothing was sent: back to the queue (the listener notices the server is gone).
@@ -161,8 +160,7 @@ def sweep(ctx) -> dict[str, Outcome]:
     for job_id in expired:
         with ctx.db.transaction() as conn:
             if queue.expire(conn, job_id, f"the job waited in the queue longer than {limit:.0f}s"):
-                write_usage(conn, job_id, "")
-                outbox.job_finished(conn, job_id)
+                close_job(conn, job_id, "")
                 log.warning("job %s: waited in the gateway queue longer than %.0fs", job_id, limit)
     return dispatch(ctx)
 
