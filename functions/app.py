@@ -7,13 +7,16 @@ maps the same paths to each module's Lambda ``handler`` (tests keep them in step
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask, Response as FlaskResponse, request
 
-from functions import demo, fallback, files
+from functions import demo, fallback, files, metrics as metrics_endpoint
 from functions.routes import ROUTES
+from shared import metrics
 from shared.errors import ApiError, InvalidParamsError, PayloadTooLargeError, render_error
 from shared.http import Request, Response, run
+from shared.logs import REQUEST_ID, request_id
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,34 @@ def read_body(environ: dict, limit: int) -> bytes:
     return data
 
 
+def observe(app: Flask) -> None:
+    """Every answer carries X-Request-Id (the caller's when sane, else a new one) and every line
+    logged meanwhile its request_id; every request is counted by route (the Flask rule: a
+    bounded set), method and status, with the time to its status line."""
+    inner = app.wsgi_app
+
+    @app.before_request
+    def route():
+        rule = request.url_rule
+        request.environ["gateway.route"] = rule.rule if rule is not None else None
+
+    def wsgi_app(environ, start_response):
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        started = time.perf_counter()
+        token = REQUEST_ID.set(rid)
+
+        def start(status, headers, exc_info=None):
+            headers.append(("X-Request-Id", rid))
+            metrics.http_request(environ.get("gateway.route"), environ.get("REQUEST_METHOD", ""), status[:3],
+                                 time.perf_counter() - started)
+            return start_response(status, headers, exc_info)
+        try:
+            return inner(environ, start)
+        finally:
+            REQUEST_ID.reset(token)
+    app.wsgi_app = wsgi_app
+
+
 def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
     """Build the Flask app; ``ctx_factory`` returns the Context (default: from the environment).
 
@@ -90,6 +121,8 @@ def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
     if trusted_proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+    metrics.enable(multiprocess=True)  # PROMETHEUS_MULTIPROC_DIR: set by `gateway serve` for its workers
+    observe(app)
     # A local-storage image upload is the one large body; every other request fits in 1 MB
     # (JSON bodies have their own, smaller limit).
     upload_limit = max(MAX_REQUEST_BYTES, _max_upload(ctx_factory) + 64 * 1024)
@@ -113,6 +146,10 @@ def create_app(ctx_factory=None, *, trusted_proxies: int = 0) -> Flask:
     for rule in ("/demo", "/demo/", "/demo/<path:name>"):  # the H5 demo page (404 unless DEV_LOGIN=1)
         app.add_url_rule(rule, endpoint=f"demo {rule}", view_func=lambda **params: call(demo.serve, params, None),
                          methods=["GET"], provide_automatic_options=False, merge_slashes=False)
+
+    # The workers' metrics (operator token); not in the route table: Lambda has no /metrics.
+    app.add_url_rule("/metrics", endpoint="metrics", methods=["GET"], provide_automatic_options=False,
+                     view_func=lambda: call(metrics_endpoint.get_metrics, {}, None))
 
     def no_route(_=None):
         return call(fallback.no_route, {}, None)  # answered without reading a body

@@ -33,10 +33,13 @@ def health(ctx, req):
 
 
 def _public(backend: dict) -> dict:
-    """One server as /healthz shows it: state, owner listener, slots in use, standby, last event."""
+    """One server as /healthz shows it: state, owner listener (and its host), slots in use, standby,
+    last event; the ages are on the database's clock, so a listener that stopped renewing shows as
+    not connected once its lease runs out (LEASE_S), whatever the hosts' clocks say."""
     keys = ("url", "state", "listener_connected", "owner", "standby_alive", "slots", "slots_in_use",
             "queue_remaining")
-    return {**{k: backend[k] for k in keys}, "last_event_at": isoformat(backend["last_event_at"])}
+    return {**{k: backend[k] for k in keys}, "last_event_at": isoformat(backend["last_event_at"]),
+            **{k: backend[k] for k in ("owner_host", "lease_age_s", "lease_expires_in_s", "last_event_age_s")}}
 
 
 handler = lambda_handler(health)

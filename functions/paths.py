@@ -22,6 +22,8 @@ TABLE = [
     ("GET", "/v1/files/<path:key>", "files", "download"),
     ("POST", "/v1/files", "files", "upload"),
     ("GET", "/v1/usage", "usage", "list_usage"),
+    ("GET", "/v1/wechat/push", "wechat_push", "verify"),
+    ("POST", "/v1/wechat/push", "wechat_push", "receive"),
     ("GET", "/healthz", "health", "health"),
     ("GET", "/v1/openapi.json", "openapi", "get_openapi"),
 ]

@@ -21,6 +21,9 @@ def get_result(ctx, req):
             raise ConflictError("the job was cancelled", code="job_cancelled")
         if status != "succeeded":
             raise ConflictError("the job is not finished yet", code="job_not_finished")
+        if row["moderation"] == "rejected":  # MODERATION_OUTPUTS=publish: its images were withdrawn
+            raise ConflictError("the content check rejected this job's images; they were withdrawn",
+                                code="content_rejected")
         outputs = jobs.list_outputs(conn, row["id"])
     images = []
     for out in outputs:

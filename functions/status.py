@@ -13,9 +13,11 @@ def render(ctx, row: dict) -> dict:
 
     Everything comes from the row (the listener stores the title of the node in progress) and the
     link is signed in-process (shared/storage/sigv4.py): a poll loads neither workflows nor boto3.
+    With MODERATION set no preview is shown (it would be an unchecked image).
     """
     preview = None
-    if row["status"] == "running" and row["preview_key"]:
+    # Under content security a live preview would be an image nobody checked: none is shown.
+    if row["status"] == "running" and row["preview_key"] and ctx.config.moderation == "none":
         preview, _ = ctx.store.signed_url(row["preview_key"], ctx.config.signed_url_ttl)
     return jobs.job_object(row, preview_url=preview)
 

@@ -32,12 +32,14 @@ import websocket
 
 from listener import protocol
 from listener.finalize import HistoryPendingError, finalize
+from listener.moderation_sender import ModerationSender
 from listener.outbox_sender import OutboxSender, SubscribeSender
 from listener.reconcile import enforce_timeouts, reconcile, release_held
 from listener.tracker import Tracker
-from shared import backends, jobs
+from shared import backends, jobs, retention
 from shared.comfy import ComfyError, ws_url
 from shared.errors import DatabaseUnavailableError
+from shared.logs import JOB_ID
 from shared.pool import capabilities
 from shared.pool.dispatch import Kicker, sweep
 
@@ -319,6 +321,7 @@ class BackendWorker(threading.Thread):
             return job_id in self._finalizing
 
     def _run_finalize(self, job_id: str, entry: dict | None, hint: dict | None) -> None:
+        token = JOB_ID.set(job_id)  # every line logged while it is finished names the job
         try:
             finalize(self.ctx, job_id, comfy=self.comfy, backend_url=self.url, entry=entry, hint=hint,
                      copy_deadline_s=self.cfg.output_copy_deadline_s, backend_id=self.backend_id)
@@ -328,6 +331,7 @@ class BackendWorker(threading.Thread):
         except Exception:
             log.exception("job %s: finalization failed; reconciliation will retry", job_id)
         finally:
+            JOB_ID.reset(token)
             with self._final_lock:
                 self._finalizing.discard(job_id)
 
@@ -345,6 +349,9 @@ class Listener:
         self.sweeper = threading.Thread(target=self._sweep, name="gateway queue sweep", daemon=True)
         self.outbox = OutboxSender(ctx, self.stop_event)  # webhooks (listener/outbox_sender.py)
         self.pushes = SubscribeSender(ctx, self.stop_event)  # WeChat subscribe messages (the same module)
+        self.moderation = ModerationSender(ctx, self.stop_event)  # image verdicts (listener/moderation_sender.py)
+        # `gateway cleanup` every hour when a RETENTION_* setting is set (shared/retention.py)
+        self.cleanup = retention.Hourly(ctx, self.stop_event) if retention.scheduled(ctx.config) else None
 
     def start(self) -> None:
         for w in self.workers:
@@ -352,6 +359,9 @@ class Listener:
         self.sweeper.start()
         self.outbox.start()
         self.pushes.start()
+        self.moderation.start()
+        if self.cleanup:
+            self.cleanup.start()
 
     def _sweep(self) -> None:
         """Every DISPATCH_SWEEP_S: time out jobs waiting too long, then dispatch (a safety net:
@@ -368,6 +378,9 @@ class Listener:
             self.sweeper.join(timeout)
         self.outbox.join(timeout)
         self.pushes.join(timeout)
+        self.moderation.stop(timeout)
+        if self.cleanup:
+            self.cleanup.join(timeout)
         for w in self.workers:
             w.join(timeout)
         for w in self.workers:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 
-from shared import jobs, outbox
+from shared import jobs, metrics, moderation, outbox
 from shared.comfy import ComfyError, ComfyNotFoundError, ComfyProtocolError
 from shared.images import HeadCapture, sniff
 from shared.labels import LabelingReader
+from shared.moderation import outputs
 from shared.pool.dispatch import ATTEMPT_KEY
 from shared.usage import close_job, write_usage
 
@@ -166,10 +167,13 @@ def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=ti
             try:
                 records.append(copy_output(comfy, store, job, node_id, index, image, deadline=deadline,
                                            provider=provider, keep_comfy_metadata=keep_comfy_metadata))
+                metrics.copied(records[-1]["size"])
                 break
             except ComfyNotFoundError as e:
+                metrics.copy_failed(gave_up=True)
                 raise OutputCopyError(f"ComfyUI no longer has {image['filename']}") from e
             except Exception as e:  # ComfyUI or storage trouble: retry until the deadline
+                metrics.copy_failed(gave_up=time.monotonic() + delay > deadline)
                 if time.monotonic() + delay > deadline:
                     # The app sees the job's error: no bucket, key, endpoint or path in it (the log has them).
                     log.warning("job %s: giving up on %s: %s", job["id"], image["filename"], e)
@@ -179,6 +183,12 @@ def copy_outputs(comfy, store, job: dict, images, *, deadline_s: float, sleep=ti
                 sleep(delay)
                 delay = min(delay * 2, 5.0)
     return records
+
+
+def _ended_at(entry: dict) -> float | None:
+    """When ComfyUI says the prompt's execution ended successfully (epoch seconds), if it says."""
+    stamp = (_messages(entry).get("execution_success") or {}).get("timestamp")
+    return stamp / 1000.0 if isinstance(stamp, (int, float)) else None
 
 
 def _timing(entry: dict) -> tuple[float, float]:
@@ -193,6 +203,25 @@ def _timing(entry: dict) -> tuple[float, float]:
     gpu = (end - start) / 1000.0 if start and end else 0.0
     queue = (start - created) / 1000.0 if start and created else 0.0
     return gpu, queue
+
+
+def _succeed(ctx, conn, job: dict, records: list[dict], *, on: int | None, checked: bool, gpu: float,
+             queue: float) -> bool:
+    """Record a successful run and its images: the job succeeds, or (``checked``) waits for the content
+    check (hold) or succeeds with its verdict pending (publish). False if another final state won."""
+    if not checked:
+        changed = jobs.mark_succeeded(conn, job["id"], on=on)
+    else:
+        mode = outputs.hold if ctx.config.moderation_outputs == "hold" else outputs.publish
+        changed = mode(conn, job["id"], on=on, gpu_seconds=gpu, queue_seconds=queue)
+    if changed:
+        jobs.record_run_time(conn, job["workflow"], gpu)
+        for r in records:
+            jobs.add_output(conn, job_id=job["id"], node_id=r["node_id"], index=r["index"], key=r["key"],
+                            content_type=r["content_type"], size=r["size"], width=r["width"], height=r["height"])
+        if checked:
+            outputs.begin(conn, job["id"], [r["key"] for r in records], ctx.config.moderation_deadline_s)
+    return changed
 
 
 def apply_hint(ctx, job_id: str, hint: dict, backend_url: str, on: int | None = None) -> str:
@@ -225,6 +254,8 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
     if backend_id is not None and job["status"] not in jobs.FINAL and job["backend_id"] != backend_id:
         log.info("job %s: finished on %s but it runs elsewhere now; ignored", job_id, backend_url)
         return "moved"
+    if job["status"] == "checking":  # run and images recorded: the content check settles it
+        return "checking"
     if job["status"] in jobs.FINAL:
         with ctx.db.transaction() as conn:
             if write_usage(conn, job_id, backend_url):  # a record that was missing: its event too
@@ -253,18 +284,20 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
                 jobs.mark_failed(conn, job_id, code="output_copy_failed", message=str(e), on=backend_id)
                 close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
             return "failed"
+        checked = moderation.enabled(ctx.config) and bool(records)
         with ctx.db.transaction() as conn:
             # Only the call that wins the state change records outputs (a cancel may have won).
-            changed = jobs.mark_succeeded(conn, job_id, on=backend_id)
-            if changed:
-                jobs.record_run_time(conn, job["workflow"], gpu)
-                for r in records:
-                    jobs.add_output(conn, job_id=job_id, node_id=r["node_id"], index=r["index"], key=r["key"],
-                                    content_type=r["content_type"], size=r["size"], width=r["width"],
-                                    height=r["height"])
-            # the events of whichever final state won, once
-            close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+            changed = _succeed(ctx, conn, job, records, on=backend_id, checked=checked, gpu=gpu, queue=queue)
+            if not (changed and checked):
+                # the events of whichever final state won, once
+                close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)
+            elif ctx.config.moderation_outputs == "publish":
+                outbox.job_finished(conn, job_id)  # shown now: its events now, its usage record at the verdict
+        if changed and checked and ctx.config.moderation_outputs == "hold":
+            log.info("job %s: %d image(s) stored, waiting for the content check", job_id, len(records))
+            return "checking"
         if changed:
+            metrics.completed(_ended_at(entry))
             log.info("job %s: succeeded with %d image(s)", job_id, len(records))
         return "succeeded" if changed else "unchanged"
     with ctx.db.transaction() as conn:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from listener import protocol as p
 from listener.finalize import preview_key
-from shared import backends, jobs
+from shared import backends, jobs, metrics
+from shared.logs import JOB_ID
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,20 @@ class Tracker:
         self.running: Running | None = None
         self.unknown: OrderedDict[str, None] = OrderedDict()
         self.counts: dict[str, int] = {}
+        self.count = metrics.event_counter(backend_url)
 
     # -- dispatch ---------------------------------------------------------------
     def handle(self, event) -> None:
         name = type(event).__name__
         self.counts[name] = self.counts.get(name, 0) + 1
+        self.count(name)
         method = getattr(self, "on_" + name, None)
         if method is not None:
-            method(event)
+            token = JOB_ID.set(getattr(event, "prompt_id", None))  # the job of every line logged meanwhile
+            try:
+                method(event)
+            finally:
+                JOB_ID.reset(token)
 
     def _job(self, prompt_id: str | None, *, anywhere: bool = False) -> dict | None:
         """The job of a prompt id on this backend, or None for prompts that are not ours.

@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf build/lambda build/lambda.zip .serverless
 mkdir -p build/lambda
+# Wheels for the Lambda runtime (python3.11, x86_64, Amazon Linux 2: glibc 2.26), not for this
+# machine: left to itself pip would pick cryptography's manylinux_2_34 wheel, which cannot load there.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-  --target build/lambda pymysql requests 2> >(grep -v "is ignored: it is neither" >&2)
+  --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --only-binary=:all: \
+  --target build/lambda pymysql requests cryptography 2> >(grep -v "is ignored: it is neither" >&2)
 .venv/bin/python - <<'PY'
 import pathlib, zipfile
 root = pathlib.Path(".")

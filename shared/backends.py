@@ -29,12 +29,19 @@ def get_backend(conn, backend_id: int) -> dict | None:
 
 
 def acquire_lease(conn, backend_id: int, owner: str, seconds: float) -> bool:
-    """Take or renew the ownership of a backend; False while another live listener holds it."""
-    if execute(conn, "UPDATE backends SET owner=%s, "
+    """Take or renew the ownership of a backend; False while another live listener holds it.
+
+    Taking it over from another listener drops that one's socket (``connected``, ``client_id``):
+    it died with its listener, and until the new owner connects no job may be sent to it and
+    /healthz must not call the server connected. (MySQL applies SET left to right: they are
+    compared with the old owner before it changes.)
+    """
+    if execute(conn, "UPDATE backends SET connected=IF(owner <=> %s, connected, 0), "
+                     "client_id=IF(owner <=> %s, client_id, NULL), owner=%s, "
                      "lease_until=UTC_TIMESTAMP(3) + INTERVAL %s MICROSECOND, updated_at=UTC_TIMESTAMP(3) "
                      "WHERE id=%s AND (owner=%s OR owner IS NULL OR lease_until IS NULL "
                      "OR lease_until < UTC_TIMESTAMP(3))",
-               (owner, int(seconds * 1_000_000), backend_id, owner)) == 1:
+               (owner, owner, owner, int(seconds * 1_000_000), backend_id, owner)) == 1:
         return True
     # No row changed: either another owner holds it, or ours was renewed within the same
     # millisecond (identical values count as no change). Only the first is a loss.
@@ -55,14 +62,14 @@ def set_connected(conn, backend_id: int, owner: str, client_id: str | None) -> b
                    (client_id, 1 if client_id else 0, utcnow(), backend_id, owner)) == 1
 
 
+# last_event_at is on the database's clock, as the lease is: /healthz tells its age from one clock.
 def record_status(conn, backend_id: int, queue_remaining: int) -> None:
-    now = utcnow()
-    execute(conn, "UPDATE backends SET queue_remaining=%s, last_event_at=%s WHERE id=%s",
-            (queue_remaining, now, backend_id))
+    execute(conn, "UPDATE backends SET queue_remaining=%s, last_event_at=UTC_TIMESTAMP(3) WHERE id=%s",
+            (queue_remaining, backend_id))
 
 
 def touch(conn, backend_id: int) -> None:
-    execute(conn, "UPDATE backends SET last_event_at=%s WHERE id=%s", (utcnow(), backend_id))
+    execute(conn, "UPDATE backends SET last_event_at=UTC_TIMESTAMP(3) WHERE id=%s", (backend_id,))
 
 
 def heartbeat(conn, backend_id: int, owner: str) -> None:
@@ -176,6 +183,24 @@ def request_refresh(conn, urls) -> None:
         execute(conn, "UPDATE backends SET refresh_requested=1 WHERE url=%s", (url,))
 
 
+def slot_use(conn, urls, *, default_slots: int) -> list[dict]:
+    """Each configured backend's url, slots, slots_in_use and state (connected, draining, down), in one
+    query that reads no capabilities (the listener's metrics, at each scrape)."""
+    if not urls:
+        return []
+    marks = ",".join(["%s"] * len(urls))
+    rows = query(conn, f"""
+        SELECT b.url, b.slots, b.state, b.connected AND COALESCE(b.lease_until > UTC_TIMESTAMP(3), 0) AS live,
+               (SELECT COUNT(*) FROM jobs j WHERE j.backend_id=b.id AND j.status IN ('submitting','queued','running'))
+               AS active
+        FROM backends b WHERE b.url IN ({marks}) ORDER BY b.id""", tuple(urls))
+    found = {r["url"]: r for r in rows}
+    return [{"url": url, "slots": (found.get(url) or {}).get("slots") or default_slots,
+             "slots_in_use": int((found.get(url) or {}).get("active") or 0),
+             "state": ("draining" if found[url]["state"] == "draining" else "connected")
+             if url in found and found[url]["live"] else "down"} for url in urls]
+
+
 def pool_status(conn, urls, *, default_slots: int, lease_s: float) -> list[dict]:
     """Every configured backend as operators see it (`gateway backends list`, /healthz)."""
     if not urls:
@@ -186,7 +211,11 @@ def pool_status(conn, urls, *, default_slots: int, lease_s: float) -> list[dict]
                (SELECT COUNT(*) FROM jobs j WHERE j.backend_id=b.id AND j.status IN ('submitting','queued','running'))
                AS active,
                (SELECT COUNT(*) FROM backend_listeners l WHERE l.backend_id=b.id AND NOT (l.owner <=> b.owner)
-                  AND l.seen_at > UTC_TIMESTAMP(3) - INTERVAL %s MICROSECOND) AS standbys
+                  AND l.seen_at > UTC_TIMESTAMP(3) - INTERVAL %s MICROSECOND) AS standbys,
+               TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(3), b.lease_until) AS lease_left_us,
+               (SELECT TIMESTAMPDIFF(MICROSECOND, l.seen_at, UTC_TIMESTAMP(3)) FROM backend_listeners l
+                  WHERE l.backend_id=b.id AND l.owner=b.owner) AS owner_seen_us,
+               TIMESTAMPDIFF(MICROSECOND, b.last_event_at, UTC_TIMESTAMP(3)) AS event_age_us
         FROM backends b WHERE b.url IN ({marks})""", (int(lease_s * 1_000_000), *urls))}
     out = []
     for url in urls:
@@ -208,5 +237,19 @@ def pool_status(conn, urls, *, default_slots: int, lease_s: float) -> list[dict]
             "checkpoints": checkpoints,
             "capabilities_at": r.get("capabilities_at"),
             "last_event_at": r.get("last_event_at"),
+            **_ages(r, lease_s),
         })
     return out
+
+
+def _ages(r: dict, lease_s: float) -> dict:
+    """The owner's host and how old its lease and the server's last event are, on the database's clock."""
+    leased = bool(r.get("leased"))
+    seen, left = r.get("owner_seen_us"), r.get("lease_left_us")
+    if seen is None and left is not None:
+        seen = lease_s * 1_000_000 - left  # renewed without a heartbeat row: the lease says when
+    event = r.get("event_age_us")
+    return {"owner_host": r["owner"].split(":")[0] if leased and r.get("owner") else None,
+            "lease_age_s": round(max(seen, 0) / 1e6, 1) if leased and seen is not None else None,
+            "lease_expires_in_s": round(left / 1e6, 1) if leased and left is not None else None,
+            "last_event_age_s": round(max(event, 0) / 1e6, 1) if event is not None else None}

@@ -17,6 +17,7 @@ from shared import backends, jobs
 from shared.comfy import ComfyError
 from shared.db import execute, utcnow
 from shared.errors import BackendUnavailableError, ConflictError
+from shared.moderation import outputs
 from shared.usage import close_job
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def request_cancel(conn, job_id: str) -> bool:
     return execute(conn, "UPDATE jobs SET cancel_requested=1, version=version+1, updated_at=%s "
-                         "WHERE id=%s AND status IN ('submitting','queued','running')", (utcnow(), job_id)) == 1
+                         "WHERE id=%s AND status IN ('submitting','queued','running','checking')", (utcnow(), job_id)) == 1
 
 
 def cancel(ctx, job_id: str, user_id: str) -> dict | None:
@@ -37,11 +38,15 @@ def cancel(ctx, job_id: str, user_id: str) -> dict | None:
             raise ConflictError("the job is already finished", code="job_finished")
         job = jobs.get_job(conn, job_id)  # after the request: a dispatcher can no longer claim it
         backend = backends.get_backend(conn, job["backend_id"]) if job["backend_id"] else None
-    if backend is None:
-        # Still in the gateway queue: no server has heard of it.
+    if backend is None or job["status"] == "checking":
+        # Still in the gateway queue (no server has heard of it), or done there and waiting for the
+        # content check's verdict (shown as running): it ends now.
         with ctx.db.transaction() as conn:
-            jobs.mark_cancelled(conn, job_id)
-            close_job(conn, job_id, "")
+            if job["status"] == "checking":
+                outputs.cancel_checking(conn, job_id)
+            else:
+                jobs.mark_cancelled(conn, job_id)
+            close_job(conn, job_id, backend["url"] if backend else "")
     else:
         comfy = ctx.comfy(backend["url"])
         try:

@@ -1,29 +1,27 @@
-"""The `gateway` command: migrate, serve, listen, dev.
+"""The `gateway` command: migrate, serve, listen, dev, and the operators' commands.
 
     gateway migrate                 apply the missing sql/ files
     gateway serve [--bind H:P] [--workers N] [--worker-class gevent|gthread] [--threads N] [--connections N]
                   [--access-log]    the HTTP API under gunicorn (shared/door)
-    gateway listen                  the ComfyUI listener (one process for every backend)
-    gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all)
+    gateway listen [--metrics-bind H:P]  the ComfyUI listener (one process for every backend)
+    gateway dev [--bind H:P] [--fake-comfyui]  migrate, then API and listener together (Ctrl-C stops all;
+                                    shared/devstack.py)
     gateway usage export [--since T] [--until T] [--after-id N] [--format csv|jsonl] [--output F]
                                     usage records for billing jobs that read files
     gateway backends list|drain|resume|refresh|slots   the pool of ComfyUI servers (shared/pool/admin.py)
     gateway webhooks replay --since T [--until T]      send again the webhook events written in a window
+    gateway cleanup [--dry-run] [--batch N]            delete previews, old uploads and expired jobs (shared/retention.py)
+    gateway check                   pre-flight of a deployment, one line per item (shared/preflight.py)
+    gateway jobs show|cancel ID, gateway users show|limits ...   support commands (shared/support.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import secrets
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-from shared.config import Config, ConfigError, PROJECT_ROOT
+from shared.config import Config, ConfigError
 
 log = logging.getLogger("gateway")
 
@@ -36,7 +34,8 @@ def _config() -> Config:
 
 
 def _logging(cfg: Config) -> None:
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.logs import setup
+    setup(cfg)  # LOG_FORMAT text or json, LOG_LEVEL
 
 
 def cmd_migrate(args) -> int:
@@ -77,7 +76,8 @@ def cmd_serve(args) -> int:
     _check_startup(cfg)
     from shared.door import Server
     Server(bind=args.bind, workers=args.workers, worker_class=args.worker_class, threads=args.threads,
-           connections=args.connections, access_log=args.access_log, trusted_proxies=cfg.trusted_proxies).run()
+           connections=args.connections, access_log=args.access_log, trusted_proxies=cfg.trusted_proxies,
+           log_format=cfg.log_format).run()
     return 0
 
 
@@ -87,88 +87,29 @@ def cmd_listen(args) -> int:
     _check_startup(cfg)
     from listener.connection import Listener
     from shared.context import Context
-    Listener(Context(cfg, bounded=False)).run_forever()
+    ctx = Context(cfg, bounded=False)
+    if args.metrics_bind:
+        from shared.metrics import serve_listener
+        try:
+            serve_listener(ctx, args.metrics_bind)
+        except OSError as e:
+            sys.exit(f"gateway listen: --metrics-bind {args.metrics_bind}: {e.strerror or e}")
+    Listener(ctx).run_forever()
     return 0
 
 
-def _dev_secret(state_dir: Path) -> str:
-    path = state_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    key = secrets.token_urlsafe(32)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
-
-
-def cmd_dev(args) -> int:
-    cfg = _config()
-    _logging(cfg)
-    state = Path(cfg.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("DEV_LOGIN", "1")
-    env.setdefault("PUBLIC_BASE_URL", f"http://{args.bind}")
-    if not cfg.secret_key:
-        env["SECRET_KEY"] = _dev_secret(state)
-    procs: list[subprocess.Popen] = []
-    local_db = None
-
-    def stop(*_):
-        raise KeyboardInterrupt()
-    # From here on every way out (Ctrl-C, kill, a closed terminal) runs the clean-up below, which
-    # stops the private MariaDB too: it runs in its own session and would outlive us.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
-    try:
-        if cfg.database_url is None:
-            from shared.localdb import LocalDatabase, LocalDatabaseError
-            local_db = LocalDatabase(state / "mysql")
-            try:
-                url = local_db.start()
-            except LocalDatabaseError as e:
-                sys.exit(f"gateway dev: {e}")
-            env["DATABASE_URL"] = f"mysql://root:@{url.host}:{url.port}/{url.database}"
-        if args.fake_comfyui:
-            from urllib.parse import urlsplit
-            port = urlsplit(cfg.comfyui_urls[0]).port or 8188
-            env["COMFYUI_URLS"] = f"http://127.0.0.1:{port}"
-            procs.append(subprocess.Popen([sys.executable, "-m", "tests.fakes.comfyui", "--port", str(port),
-                                           "--step-delay", "0.1"], env=env, cwd=PROJECT_ROOT))
-        gateway = [sys.executable, "-m", "shared.cli"]
-        subprocess.run([*gateway, "migrate"], env=env, check=True)
-        procs.append(subprocess.Popen([*gateway, "serve", "--bind", args.bind, "--workers", "2", "--access-log"],
-                                      env=env))
-        procs.append(subprocess.Popen([*gateway, "listen"], env=env))
-        print(f"gateway dev: API on http://{args.bind} (try: curl -X POST http://{args.bind}/v1/auth/dev "
-              f"-H 'Content-Type: application/json' -d '{{\"user\": \"alice\"}}'); Ctrl-C stops everything",
-              flush=True)
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    except subprocess.CalledProcessError as e:
-        print(f"gateway dev: {e}", file=sys.stderr)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut this short
-            signal.signal(sig, signal.SIG_IGN)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if local_db is not None:
-            local_db.stop()
+def bind_arg(value: str) -> str:
+    """argparse type of a HOST:PORT to listen on (listen --metrics-bind, dev --bind)."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return value
 
 
 # New fields go last: spreadsheets and scripts that read columns by position keep working.
 USAGE_FIELDS = ("id", "job_id", "user_id", "workflow", "status", "images", "megapixels", "steps", "gpu_seconds",
-                "queue_seconds", "backend", "created_at", "finished_at", "provider", "subject", "credits", "price")
+                "queue_seconds", "backend", "created_at", "finished_at", "provider", "subject", "credits", "price",
+                "moderation")
 
 
 def _time_arg(value: str):
@@ -255,11 +196,11 @@ def main(argv=None) -> int:
                        help="open connections per worker (gevent); past it new ones wait to be accepted")
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
-    sub.add_parser("listen", help="run the ComfyUI listener").set_defaults(func=cmd_listen)
-    dev = sub.add_parser("dev", help="migrate, then API and listener together")
-    dev.add_argument("--bind", default="127.0.0.1:8000")
-    dev.add_argument("--fake-comfyui", action="store_true", help="also start the test suite's fake ComfyUI on :8188")
-    dev.set_defaults(func=cmd_dev)
+    listen = sub.add_parser("listen", help="run the ComfyUI listener")
+    listen.add_argument("--metrics-bind", type=bind_arg, metavar="HOST:PORT",
+                        help="serve the listener's Prometheus metrics at http://HOST:PORT/metrics")
+    listen.set_defaults(func=cmd_listen)
+    __import__("shared.devstack").devstack.add_parser(sub, _config, _logging)  # gateway dev
     usage_cmd = sub.add_parser("usage", help="usage records for billing").add_subparsers(dest="usage_command",
                                                                                          required=True)
     export = usage_cmd.add_parser("export", help="write usage records as CSV or JSON Lines")
@@ -276,8 +217,12 @@ def main(argv=None) -> int:
                         help="events written at or after this time (ISO 8601, UTC unless it has an offset)")
     replay.add_argument("--until", type=_time_arg, help="events written before this time (ISO 8601)")
     replay.set_defaults(func=cmd_webhooks_replay)
+    from shared import retention
     from shared.pool import admin
     admin.add_parser(sub, _config)
+    retention.add_parser(sub, _config, _logging)
+    __import__("shared.support").support.add_parser(sub, _config)  # gateway jobs ..., gateway users ...
+    __import__("shared.preflight").preflight.add_parser(sub, _config)  # gateway check
     args = parser.parse_args(argv)
     return args.func(args)
 

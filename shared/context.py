@@ -106,8 +106,8 @@ def get_context() -> Context:
         with _context_lock:
             if _context is None:
                 config = Config.from_env()
-                logging.basicConfig(level=config.log_level.upper(),
-                                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                from shared.logs import setup
+                setup(config)
                 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
                     config.require_lambda_ready()  # refuse every request, loudly, rather than misbehave
                 _context = Context(config)

@@ -63,6 +63,7 @@ import pymysql.connections
 import pymysql.cursors
 from pymysql.constants import SERVER_STATUS
 
+from shared import metrics
 from shared.config import DatabaseUrl
 from shared.errors import ApiError, DatabaseUnavailableError
 
@@ -241,6 +242,7 @@ class Database:
                         self._waiters.remove(waiter)
                         log.warning("database pool exhausted: %d connections lent for %.1f s",
                                     self._open, self.pool_timeout)
+                        metrics.db_error("pool_exhausted")
                         raise DatabaseUnavailableError(retry_after=RETRY_AFTER)
                     try:
                         waiter.cond.wait(remaining)
@@ -268,6 +270,7 @@ class Database:
             if not _unavailable(e):
                 raise
             log.warning("database unavailable: %s", type(e).__name__)
+            metrics.db_error("unreachable")
             raise DatabaseUnavailableError(retry_after=RETRY_AFTER) from e
         conn.generation = generation
         return conn
@@ -320,6 +323,7 @@ class Database:
             failure = e
             if _unavailable(e):
                 log.warning("database connection lost: %s", type(e).__name__)
+                metrics.db_error("lost")
                 raise DatabaseUnavailableError(retry_after=RETRY_AFTER) from e
             raise
         finally:

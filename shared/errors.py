@@ -92,6 +92,10 @@ class WorkflowRejectedError(ApiError):
     status, code, message = 422, "workflow_rejected", "ComfyUI rejected the workflow"
 
 
+class ContentRejectedError(ApiError):
+    status, code, message = 422, "content_rejected", "the content security check rejected this request"
+
+
 class TooManyRequestsError(ApiError):
     status, code, message = 429, "rate_limited", "too many requests"
 

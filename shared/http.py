@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 from shared.errors import (ApiError, InvalidJsonError, PayloadTooLargeError, StorageUnavailableError,
                            UnauthorizedError, render_error)
+from shared.logs import REQUEST_ID, request_id
 from shared.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,16 @@ def lambda_handler(core):
     from shared.context import get_context
 
     def handler(event, context):
-        return to_lambda(run(core, get_context, from_lambda_event(event)))
+        # The caller's X-Request-Id when sane, else API Gateway's own id for the request.
+        given = next((v for k, v in (event.get("headers") or {}).items() if k.lower() == "x-request-id"), None)
+        rid = request_id(given, (event.get("requestContext") or {}).get("requestId"))
+        token = REQUEST_ID.set(rid)
+        try:
+            out = to_lambda(run(core, get_context, from_lambda_event(event)))
+        finally:
+            REQUEST_ID.reset(token)
+        out["headers"]["X-Request-Id"] = rid
+        return out
     handler.core = core
     return handler
 

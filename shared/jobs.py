@@ -2,7 +2,8 @@
 
 A job's id is the ComfyUI prompt_id, chosen by the gateway before it submits.
 States: ``submitting`` (row written, POST /prompt not yet confirmed; shown to
-apps as ``queued``) → ``queued`` → ``running`` → ``succeeded`` | ``failed`` |
+apps as ``queued``) → ``queued`` → ``running`` → [``checking``: its images wait for the content
+check's verdict, shown as ``running``; shared/moderation/] → ``succeeded`` | ``failed`` |
 ``cancelled``. Every transition is an ``UPDATE ... WHERE status IN (...)``
 whose affected-row count says whether it happened, so replays and races are
 harmless. Every change bumps ``version`` (the status ETag).
@@ -16,6 +17,7 @@ import re
 from datetime import datetime
 
 from shared.db import execute, query, query_one, utcnow, isoformat
+from shared.moderation import CHECKING_TITLE
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ ACTIVE = ("submitting", "queued", "running")
 _COLUMNS = ("j.id, j.user_id, j.workflow, j.status, j.backend_id, j.servers, j.progress_percent, j.progress_node, "
             "j.progress_title, j.progress_value, j.progress_max, j.preview_key, j.error_code, j.error_message, "
             "j.error_node_id, j.error_node_type, j.params, j.version, j.request_hash, j.created_at, j.started_at, "
-            "j.finished_at")
+            "j.finished_at, j.moderation")
 
 
 def create_job(conn, *, job_id: str, user_id: str, workflow: str, params: dict, prompt: dict,
@@ -74,7 +76,7 @@ def get_row(conn, job_id: str) -> dict | None:
 _POLL_FIELDS = ("id", "user_id", "workflow", "status", "backend_id", "servers", "number", "fair_rank", "capable",
                 "progress_percent", "progress_node", "progress_title", "progress_value", "progress_max",
                 "preview_key", "error_code", "error_message", "error_node_id", "error_node_type", "version",
-                "request_hash", "created_at", "started_at", "finished_at")
+                "request_hash", "created_at", "started_at", "finished_at", "moderation")
 _POLL = ("SELECT JSON_OBJECT(" + ", ".join(f"'{f}', j.{f}" for f in _POLL_FIELDS)
          + ", 'params', JSON_EXTRACT(j.params, '$'), 'run_seconds', "
            "(SELECT ws.run_seconds FROM workflow_stats ws WHERE ws.workflow=j.workflow)) AS job FROM jobs j")
@@ -259,8 +261,11 @@ def node_order(node_id: str) -> tuple:
 
 # -- the job object of the contract ---------------------------------------------------
 
+_SHOWN = {"submitting": "queued", "checking": "running"}
+
+
 def public_status(status: str) -> str:
-    return "queued" if status == "submitting" else status
+    return _SHOWN.get(status, status)
 
 
 RUN_TIME_WEIGHT = 0.2  # each success moves a workflow's mean run time a fifth of the way
@@ -305,6 +310,8 @@ def poll_after_ms(row: dict, eta: float | None = None) -> int | None:
     status = public_status(row["status"])
     if status in FINAL:
         return None
+    if row["status"] == "checking":  # a verdict takes seconds, at worst minutes
+        return 2000
     if status == "running":
         return 500
     ahead = row.get("ahead") or 0
@@ -327,14 +334,15 @@ def job_object(row: dict, *, node_title=None, preview_url: str | None = None) ->
         error = {"code": row["error_code"], "message": row["error_message"],
                  "node_id": row["error_node_id"], "node_type": row["error_node_type"]}
     node = row["progress_node"] if status == "running" else None
+    title = (row.get("progress_title") or (node_title(node) if node_title else None)) if node else None
+    if row["status"] == "checking":
+        title = CHECKING_TITLE
     return {
         "id": row["id"],
         "workflow": row["workflow"],
         "status": status,
         "queue_position": (row.get("ahead") or 0) if status == "queued" else None,
-        "progress": {"percent": float(row["progress_percent"]), "node": node,
-                     "node_title": (row.get("progress_title") or (node_title(node) if node_title else None))
-                                   if node else None,
+        "progress": {"percent": float(row["progress_percent"]), "node": node, "node_title": title,
                      "value": row["progress_value"] if node else 0, "max": row["progress_max"] if node else 0},
         "preview_url": preview_url if status == "running" else None,
         "error": error,

@@ -75,3 +75,12 @@ def migrate(conn, directory: Path = SQL_DIR, *, lock_timeout: int = 120) -> list
         return applied
     finally:
         query(conn, "SELECT RELEASE_LOCK(%s) AS released", (_LOCK,))
+
+
+def pending(conn, directory: Path = SQL_DIR) -> list[str]:
+    """The names of the schema files the database lacks, in order (all of them on an empty database)."""
+    if not query(conn, "SELECT 1 FROM information_schema.tables WHERE table_schema=DATABASE() "
+                       "AND table_name='schema_migrations'"):
+        return [path.name for _, path in migration_files(directory)]
+    done = {r["version"] for r in query(conn, "SELECT version FROM schema_migrations")}
+    return [path.name for version, path in migration_files(directory) if version not in done]

@@ -9,6 +9,9 @@ finalization runs. The listener sends them (``listener/outbox_sender.py``); they
 whether or not WEBHOOK_URL is set, because the API functions that cancel jobs do not have the
 setting (it is the listener's): a listener without WEBHOOK_URL discards them.
 
+``job.withdrawn`` (``job_withdrawn``): a published job whose images the content check rejected
+afterwards (shared/moderation/outputs.py), written in the transaction that records the verdict.
+
 A job submitted with ``"notify": true`` by a WeChat user also gets one ``kind='subscribe'`` row
 (``job.finished``): the WeChat subscribe message to its openid (``shared/subscribe.py``), written
 the same way and dropped by a listener without WECHAT_SUBSCRIBE_TEMPLATE_ID.
@@ -29,6 +32,7 @@ KIND_SUBSCRIBE = "subscribe"
 SUBSCRIBE_EVENT = "job.finished"
 JOB_EVENTS = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
 USAGE_RECORDED = "usage.recorded"
+JOB_WITHDRAWN = "job.withdrawn"
 
 
 def new_event_id() -> str:
@@ -77,6 +81,18 @@ def job_finished(conn, job_id: str, *, row: dict | None = None) -> None:
         add_event(conn, USAGE_RECORDED, job_id, usage.usage_object(record))
     if row.get("notify"):
         _subscribe_event(conn, row)
+
+
+def job_withdrawn(conn, job_id: str) -> None:
+    """``job.withdrawn``: a succeeded job's images were rejected by the content check after it was shown
+    (MODERATION_OUTPUTS=publish) and deleted; receivers that kept them drop them."""
+    from shared import jobs
+    row = jobs.get_row(conn, job_id)
+    data = jobs.job_object(row)
+    data.update({"user_id": row["user_id"], "moderation": row["moderation"],
+                 "images": [{"key": o["object_key"], "node_id": o["node_id"], "index": o["idx"]}
+                            for o in jobs.list_outputs(conn, job_id)]})
+    add_event(conn, JOB_WITHDRAWN, job_id, data)
 
 
 def _subscribe_event(conn, row: dict) -> None:

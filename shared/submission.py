@@ -16,10 +16,11 @@ import uuid
 
 import pymysql
 
-from shared import backends, jobs, limits, users
+from shared import backends, jobs, limits, metrics, users
 from shared.errors import (BackendUnavailableError, ConflictError, InvalidParamsError, UnknownWorkflowError,
                            WorkflowRejectedError)
 from shared.http import check_fields
+from shared.moderation.text import check_submission
 from shared.pool import capabilities, queue
 from shared.pool.dispatch import dispatch
 from shared.uploads import ALLOWED_TYPES, check_upload, comfy_name
@@ -92,6 +93,7 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
     # this moment (reconnecting, draining) is a 503 below.
     choices = capabilities.union_choices(offered.values()) if offered else None
     _, resolved = workflow.fill(params, {name: "pending" for name in inputs}, choices=choices)
+    check_submission(ctx, user_id, workflow, params)  # valid params only: risky text is 422, no job
     job_id = str(uuid.uuid4())
     with contextlib.ExitStack() as held:
         uploads = {}
@@ -132,6 +134,7 @@ def submit(ctx, user_id: str, body: dict, idempotency_key: str | None = None) ->
     except BaseException:
         _forget_inputs(ctx, stored)
         raise
+    metrics.job_submitted(workflow.name)
 
     # A free slot takes the job now (no added latency); else it waits for the listener to send it.
     try:

@@ -38,7 +38,8 @@ import re
 import string
 from datetime import datetime, timedelta, timezone
 
-from shared.wechat import WeChatRateLimitedError, WeChatRefusedError, WeChatTokenError, call, check
+from shared.wechat import WeChatRateLimitedError, WeChatRefusedError, WeChatTokenError
+from shared.wechat_token import TOKEN_ERRORS, post_with_token
 
 PATH = "/cgi-bin/message/subscribe/send"
 PLACEHOLDERS = ("workflow", "workflow_title", "status", "status_text", "finished_at", "job_id")
@@ -48,7 +49,6 @@ SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")  # no daylight saving t
 LIMITS = {"thing": 20, "short_thing": 5, "phrase": 5, "name": 10, "character_string": 32, "letter": 32,
           "number": 32, "symbol": 5, "car_number": 8, "phone_number": 17}
 KEY = re.compile(r"([a-z]+(?:_[a-z]+)*)([0-9]+)")
-TOKEN_ERRORS = {40001: "invalid credential", 40014: "invalid access_token", 42001: "access_token expired"}
 RATE_LIMIT_ERRORS = {45009: "daily quota reached", 45011: "too frequent"}
 MAX_KEYS = 20
 
@@ -125,20 +125,7 @@ class SubscribeClient:
         return f"SubscribeClient({self.base_url!r})"
 
     def send(self, body: dict) -> None:
-        """Push one message; return once WeChat said errcode 0, else raise a WeChatError.
-
-        A token WeChat refuses (40001/42001) is reported and the message sent again at once with a
-        new one: WeChat pushed nothing, so that is safe."""
-        for attempt in (1, 2):
-            token = self.tokens.access_token()
-            try:
-                return self._post(token, body)
-            except WeChatTokenError:
-                self.tokens.invalidate(token)
-                if attempt == 2:
-                    raise
-
-    def _post(self, token: str, body: dict) -> None:
-        data, status = call(self.session, "POST", self.base_url + PATH, what="subscribe/send", timeout=self.timeout,
-                            params={"access_token": token}, json_body=body)
-        check(data, status, what="subscribe/send", classify=_classify, hidden=(token,))
+        """Push one message; return once WeChat said errcode 0, else raise a WeChatError (a refused
+        token is replaced and the message sent again at once: WeChat pushed nothing)."""
+        post_with_token(self.tokens, self.session, self.base_url + PATH, body, what="subscribe/send",
+                        timeout=self.timeout, classify=_classify)

@@ -29,6 +29,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared import metrics
 from shared.db import execute, query, query_one, utcnow
 
 if TYPE_CHECKING:
@@ -44,20 +45,27 @@ def record_usage(conn, job: dict, *, images: int, megapixels: float, steps: int,
                  queue_seconds: float, backend_url: str, price: Price | None = None) -> bool:
     """Insert the job's usage record unless it exists; return True if this call wrote it.
 
-    The user's provider and subject are copied from ``users`` in the same statement.
+    The user's provider and subject are copied from ``users`` in the same statement. The record is
+    written once per job, whichever path ends it: that is where ``gateway_jobs_finished_total`` counts.
     """
     megapixels, gpu_seconds = round(megapixels, 4), round(max(gpu_seconds, 0.0), 3)
-    credits = compute_credits(price, job["status"], images=images, megapixels=megapixels, gpu_seconds=gpu_seconds)
-    return execute(conn, """INSERT IGNORE INTO usage_records (job_id, user_id, provider, subject, workflow, status,
+    moderation = job.get("moderation")
+    # Images the content check rejected were withdrawn: the job costs what a failed one does.
+    billed = "failed" if moderation == "rejected" else job["status"]
+    credits = compute_credits(price, billed, images=images, megapixels=megapixels, gpu_seconds=gpu_seconds)
+    wrote = execute(conn, """INSERT IGNORE INTO usage_records (job_id, user_id, provider, subject, workflow, status,
                             images, megapixels, steps, gpu_seconds, queue_seconds, backend, created_at, finished_at,
-                            credits, price)
+                            credits, price, moderation)
                             VALUES (%s, %s, (SELECT provider FROM users WHERE id=%s),
                                     (SELECT subject FROM users WHERE id=%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                                    %s, %s)""",
+                                    %s, %s, %s)""",
                    (job["id"], job["user_id"], job["user_id"], job["user_id"], job["workflow"], job["status"], images,
                     megapixels, steps, gpu_seconds, round(max(queue_seconds, 0.0), 3), backend_url,
                     job["created_at"], job["finished_at"] or utcnow(), credits,
-                    None if price is None else json.dumps(price.to_json()))) == 1
+                    None if price is None else json.dumps(price.to_json()), moderation)) == 1
+    if wrote:  # once per job (a rolled-back transaction counts all the same)
+        metrics.job_finished(job["workflow"], job["status"])
+    return wrote
 
 
 def compute_credits(price: Price | None, status: str, *, images: int, megapixels: float,
@@ -106,8 +114,10 @@ def write_usage(conn, job_id: str, backend_url: str, *, gpu_seconds: float = 0.0
     """
     from shared import jobs
     job = job if job is not None else jobs.get_row(conn, job_id)
-    if job is None or job["status"] not in jobs.FINAL:
-        return False
+    if job is None or job["status"] not in jobs.FINAL or job.get("moderation") == "pending":
+        return False  # not final, or its images wait for their verdict (shared/moderation/outputs.py settles it)
+    if gpu_seconds == 0.0 and job.get("gpu_seconds"):  # kept on the row while the verdict was awaited
+        gpu_seconds, queue_seconds = job["gpu_seconds"], job["queue_seconds"] or queue_seconds
     outputs = jobs.list_outputs(conn, job_id) if job["status"] == "succeeded" else []
     megapixels = sum((o["width"] or 0) * (o["height"] or 0) for o in outputs) / 1e6
     if queue_seconds == 0.0 and job["started_at"] and job["submitted_at"]:
@@ -227,4 +237,22 @@ def usage_object(row: dict) -> dict:
             "steps": row["steps"], "gpu_seconds": row["gpu_seconds"], "queue_seconds": row["queue_seconds"],
             "backend": row["backend"], "created_at": isoformat(row["created_at"]),
             "finished_at": isoformat(row["finished_at"]), "provider": row["provider"], "subject": row["subject"],
-            "credits": None if row["credits"] is None else float(row["credits"]), "price": price}
+            "credits": None if row["credits"] is None else float(row["credits"]), "price": price,
+            "moderation": row.get("moderation")}
+
+
+def job_usage(conn, job_id: str) -> dict | None:
+    """The usage record of one job, None while it has none (`gateway jobs show`)."""
+    return query_one(conn, "SELECT * FROM usage_records WHERE job_id=%s", (job_id,))
+
+
+def user_totals(conn, user_id: str) -> dict:
+    """What a user's usage records add up to, per final status (`gateway users show`)."""
+    rows = query(conn, "SELECT status, COUNT(*) AS jobs, COALESCE(SUM(images), 0) AS images, "
+                       "COALESCE(SUM(megapixels), 0) AS megapixels, COALESCE(SUM(gpu_seconds), 0) AS gpu_seconds, "
+                       "SUM(credits) AS credits FROM usage_records WHERE user_id=%s GROUP BY status ORDER BY status",
+                 (user_id,))
+    return {r["status"]: {"jobs": int(r["jobs"]), "images": int(r["images"]),
+                          "megapixels": round(float(r["megapixels"]), 4),
+                          "gpu_seconds": round(float(r["gpu_seconds"]), 3),
+                          "credits": None if r["credits"] is None else float(r["credits"])} for r in rows}

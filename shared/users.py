@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from shared.db import execute, query_one, utcnow
+from shared.db import execute, query, query_one, utcnow
 
 
 def get_or_create_user(conn, *, provider: str, subject: str, unionid: str | None = None) -> str:
@@ -22,3 +22,13 @@ def get_or_create_user(conn, *, provider: str, subject: str, unionid: str | None
 def get_user(conn, user_id: str) -> dict | None:
     """The login of a user: provider ('dev', 'wechat') and subject (name, openid); None if unknown."""
     return query_one(conn, "SELECT id, provider, subject FROM users WHERE id=%s", (user_id,))
+
+
+def find_users(conn, key: str) -> list[dict]:
+    """The users an operator means by ``key``: the one with that id, else every login with that subject
+    (a WeChat openid, a dev name); oldest first."""
+    row = query_one(conn, "SELECT id, provider, subject, unionid, created_at FROM users WHERE id=%s", (key,))
+    if row is not None:
+        return [row]
+    return query(conn, "SELECT id, provider, subject, unionid, created_at FROM users WHERE subject=%s "
+                       "ORDER BY created_at, id", (key,))

@@ -163,3 +163,28 @@ class AccessTokens:
         if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
             raise WeChatUnavailableError("stable_token: answer without a usable expires_in")
         return token, expires_in
+
+
+TOKEN_ERRORS = {40001: "invalid credential", 40014: "invalid access_token", 42001: "access_token expired"}
+
+
+def post_with_token(tokens: AccessTokens, session, url: str, body: dict, *, what: str, timeout: float,
+                    classify) -> dict:
+    """POST one server API call carrying the access token; return WeChat's answer (errcode 0).
+
+    A token WeChat refuses (40001/40014/42001, which ``classify`` must map to ``WeChatTokenError``)
+    is reported and the call made again at once with a new one: WeChat did nothing with the first.
+    Raises shared/wechat.py's errors (the token's own: ``WeChatConfigError``, ``WeChatUnavailableError``).
+    """
+    from shared.wechat import WeChatTokenError
+    for attempt in (1, 2):
+        token = tokens.access_token()
+        data, status = call(session, "POST", url, what=what, timeout=timeout, params={"access_token": token},
+                            json_body=body)
+        try:
+            return check(data, status, what=what, classify=classify, hidden=(token,))
+        except WeChatTokenError:
+            tokens.invalidate(token)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -26,7 +26,8 @@ from tests.stack import database_server
 pytest_plugins = ["tests.s3server"]
 
 TABLES = ("usage_records", "job_outputs", "jobs", "backends", "users", "uploads", "rate_limits", "backend_listeners",
-          "workflow_stats", "outbox", "wechat_tokens")
+          "workflow_stats", "outbox", "wechat_tokens", "moderation_checks", "moderation_verdicts",
+          "user_limits")
 SECRET = "test-secret-key-0123456789abcdef"
 
 

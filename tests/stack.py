@@ -75,6 +75,7 @@ def config_env(cfg) -> dict:
         "CORS_ORIGINS": ",".join(cfg.cors_origins),
         "DB_POOL_SIZE": str(cfg.db_pool_size),
         "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": cfg.log_format,
     }
     if cfg.s3_endpoint_url:
         env["S3_ENDPOINT_URL"] = cfg.s3_endpoint_url

@@ -37,11 +37,11 @@ CHECKS = {"page_served", "login", "static_types", "form_from_params", "form_chec
           "no_page_errors"}
 STEP_DELAY = 0.4  # 20 steps: ~8 s of sampling, long enough to see progress and previews from the browser
 OUTSIDE = [
-    "/demo/../shared/config.py",
-    "/demo/%2e%2e/shared/config.py",
-    "/demo/..%2fshared%2fconfig.py",
-    "/demo/%2e%2e%2f%2e%2e%2fshared%2fconfig.py",
-    "/demo/static/../../../shared/config.py",
+    "/demo/../shared/db.py",
+    "/demo/%2e%2e/shared/db.py",
+    "/demo/..%2fshared%2fdb.py",
+    "/demo/%2e%2e%2f%2e%2e%2fshared%2fdb.py",
+    "/demo/static/../../../shared/db.py",
     "/demo/__init__.py",
     "/demo/static/index.html",
     "/demo/./index.html",
@@ -109,7 +109,7 @@ def test_demo_serves_no_file_outside_its_folder(path):
     assert r.get_json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("name", ["../shared/config.py", "../__init__.py", "/etc/passwd", "static/index.html",
+@pytest.mark.parametrize("name", ["../shared/db.py", "../__init__.py", "/etc/passwd", "static/index.html",
                                   "__init__.py", ".", "..", "index.html/", "INDEX.HTML"])
 def test_the_core_looks_names_up_never_joins_them(name):
     ctx = Context(Config.from_env({"DEV_LOGIN": "1"}))

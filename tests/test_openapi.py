@@ -106,7 +106,7 @@ def error_table() -> dict[str, set[int]]:
         if len(cells) >= 2 and re.fullmatch(r"\d{3}(/\d{3})*", cells[0]):
             statuses = {int(s) for s in cells[0].split("/")}
             for code in re.findall(r"`([a-z_]+)`", cells[1]):
-                table[code] = statuses
+                table.setdefault(code, set()).update(statuses)  # content_rejected is a 409 and a 422
     return table
 
 
@@ -258,11 +258,11 @@ def test_error_codes_come_with_their_contract_status():
     ("post", "/v1/auth/dev", "404", {"not_found"}),
     ("post", "/v1/jobs", "400", {"invalid_json", "invalid_params", "unknown_workflow", "invalid_upload"}),
     ("post", "/v1/jobs", "409", {"idempotency_conflict"}),
-    ("post", "/v1/jobs", "422", {"workflow_rejected"}),
+    ("post", "/v1/jobs", "422", {"workflow_rejected", "content_rejected"}),
     ("post", "/v1/jobs", "429", {"rate_limited", "quota_exceeded", "too_many_active_jobs"}),
     ("post", "/v1/jobs", "503", {"backend_unavailable", "database_unavailable"}),
     ("get", "/v1/jobs/{id}", "404", {"not_found"}),
-    ("get", "/v1/jobs/{id}/result", "409", {"job_not_finished", "job_failed", "job_cancelled"}),
+    ("get", "/v1/jobs/{id}/result", "409", {"job_not_finished", "job_failed", "job_cancelled", "content_rejected"}),
     ("post", "/v1/jobs/{id}/cancel", "409", {"job_finished"}),
     ("get", "/v1/usage", "403", {"forbidden"}),
     ("post", "/v1/auth/wechat", "404", {"not_found"}),
@@ -484,6 +484,11 @@ JOB_ROWS = {
     "backend_lost": row(status="failed", finished_at=LATER, error_code="backend_lost",
                         error_message="the ComfyUI server lost the job"),
     "cancelled": row(status="cancelled", finished_at=LATER),
+    # content security: images waiting for the check's verdict (shown as running), then rejected
+    "checking": row(status="checking", ahead=None, started_at=NOW, progress_percent=100, moderation="pending"),
+    "content_rejected": row(status="failed", ahead=None, started_at=NOW, finished_at=LATER, progress_percent=100,
+                            error_code="content_rejected", error_message="the content check rejected the image",
+                            moderation="rejected"),
 }
 
 
@@ -494,6 +499,14 @@ def test_rendered_job_objects_validate(name):
     assert validate(job, JOB) == []
     assert validate_response("GET", "/v1/jobs/{id}", 200, {"job": job}) == []
     assert validate_response("POST", "/v1/jobs", 202, {"job": job}) == []
+
+
+def test_a_job_waiting_for_the_content_check_is_shown_as_the_contract_says():
+    job = job_object(JOB_ROWS["checking"], node_title=lambda node: "KSampler")
+    assert job["status"] == "running" and job["poll_after_ms"] == 2000 and job["queue_position"] is None
+    waiting = {"percent": 100.0, "node": None, "node_title": "content_check", "value": 0, "max": 0}
+    assert job["progress"] == waiting == SPEC["components"]["schemas"]["Progress"]["example"]
+    assert "`progress` = `" + json.dumps(waiting) + "`" in API_MD
 
 
 def broken(**changes):
@@ -548,6 +561,8 @@ def test_broken_rows_render_invalid_jobs():
                                                    "node_type": None}),
     errs.ConflictError(code="job_cancelled"), errs.ConflictError(code="job_finished"),
     errs.PayloadTooLargeError(), errs.WorkflowRejectedError(details={"node_errors": {}, "error": {}}),
+    errs.ContentRejectedError(details={"prompt": "rejected by the content check"}),
+    errs.ConflictError(code="content_rejected"),
     errs.TooManyRequestsError(retry_after=3), errs.TooManyRequestsError(code="quota_exceeded", retry_after=60),
     errs.TooManyRequestsError(code="too_many_active_jobs", retry_after=5),
     errs.BackendUnavailableError(retry_after=5), errs.StorageUnavailableError(), errs.DatabaseUnavailableError(),
@@ -732,7 +747,9 @@ def test_routes_match_the_description():
     mounted = {(m.lower(), re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule)) for m, rule, _ in ROUTES}
     described = {(m, p) for m, p, _ in operations()}
     # /v1/files serves the opaque signed links of local storage: apps never build these paths.
-    local_files = {("get", "/v1/files/{key}"), ("post", "/v1/files")}
+    # /v1/wechat/push is WeChat's callback (message push), not the apps' API (README, "Content security").
+    local_files = {("get", "/v1/files/{key}"), ("post", "/v1/files"), ("get", "/v1/wechat/push"),
+                   ("post", "/v1/wechat/push")}
     assert mounted - local_files <= described, mounted - local_files - described
     assert described - mounted <= {("get", "/v1/openapi.json")}, described - mounted
 

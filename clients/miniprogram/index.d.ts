@@ -6,7 +6,7 @@ export type ErrorCode =
   | 'unauthorized' | 'invalid_code' | 'token_expired'
   | 'forbidden' | 'not_found' | 'method_not_allowed'
   | 'idempotency_conflict' | 'job_not_finished' | 'job_failed' | 'job_cancelled' | 'job_finished'
-  | 'payload_too_large' | 'workflow_rejected'
+  | 'payload_too_large' | 'workflow_rejected' | 'content_rejected'
   | 'rate_limited' | 'quota_exceeded' | 'too_many_active_jobs'
   | 'backend_unavailable' | 'storage_unavailable' | 'database_unavailable' | 'internal_error'
   | 'network_error' | 'bad_response' | 'login_failed'
@@ -40,7 +40,7 @@ export interface JobProgress {
 }
 
 export interface JobError {
-  code: 'execution_error' | 'backend_lost' | 'timeout' | 'output_copy_failed' | (string & {});
+  code: 'execution_error' | 'backend_lost' | 'timeout' | 'output_copy_failed' | 'content_rejected' | (string & {});
   message: string;
   node_id?: string | null;
   node_type?: string | null;

@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from shared import backends, jobs
+from shared import backends, jobs, metrics
 from shared.comfy import ComfyError, ComfyRejectedError, ComfyUnreachableError
 from shared.pool import capabilities, queue
 from shared.storage import StorageError
@@ -136,6 +136,7 @@ def send(ctx, job_id: str, backend: dict) -> Outcome:
         return Outcome(job_id, url, "unclear")
     with ctx.db.connection() as conn:
         jobs.mark_submitted(conn, job_id, number, backend["id"])
+    metrics.dispatched(job.get("created_at"))
     log.info("job %s: sent to %s as number %s", job_id, url, number)
     return Outcome(job_id, url, "submitted")
 

@@ -77,12 +77,21 @@ def claim(conn, job: dict, backend: dict) -> bool:
 
 def claimed(conn, job_id: str) -> dict | None:
     """What sending a claimed job needs: its graph, input images, and where it stands (one primary-key read)."""
-    row = query_one(conn, "SELECT status, backend_id, submit_attempts, prompt, inputs FROM jobs WHERE id=%s",
-                    (job_id,))
+    row = query_one(conn, "SELECT status, backend_id, submit_attempts, prompt, inputs, created_at FROM jobs "
+                          "WHERE id=%s", (job_id,))
     if row is not None:
         row["prompt"] = json.loads(row["prompt"])
         row["inputs"] = json.loads(row["inputs"]) if row["inputs"] else None
     return row
+
+
+def depth(conn) -> tuple[int, float]:
+    """How many jobs wait in the gateway queue, and the seconds the oldest has waited (0 if none): one
+    range of the waiting index, on the database's clock."""
+    row = query_one(conn, f"""SELECT COUNT(*) AS n,
+                               TIMESTAMPDIFF(MICROSECOND, MIN(created_at), UTC_TIMESTAMP(3)) AS age
+                               FROM jobs WHERE {WAITING}""")
+    return int(row["n"]), max(float(row["age"] or 0) / 1e6, 0.0)
 
 
 def requeue(conn, job_id: str, backend_id: int, *, lost: bool = False) -> bool:

@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from urllib.parse import quote
 
+from shared import metrics
 from shared.storage.base import (ExpiredError, ObjectStore, SignatureError, StorageError, UploadSizeError,
                                  _DIGITS_RE, _issued_at, _iter_chunks, _utc, _validate_size_range, _validate_ttl,
                                  content_type_for, validate_content_type, validate_key)
@@ -83,6 +84,7 @@ class LocalStore(ObjectStore):
         try:
             yield
         except OSError as e:
+            metrics.storage_error()
             raise StorageError(f"local storage {action} of {target} failed: "
                                f"{e.strerror or type(e).__name__}") from e
 

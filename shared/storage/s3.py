@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared import metrics
 from shared.storage import sigv4
 from shared.storage.base import (DEFAULT_CONTENT_TYPE, ObjectStore, StorageError, _issued_at, _iter_chunks, _utc,
                                  _validate_size_range, _validate_ttl, validate_content_type, validate_key)
@@ -181,8 +182,10 @@ class S3Store(ObjectStore):
                 detail += f" (HTTP {status})"
             if err.get("Message"):
                 detail += f": {err['Message'][:200]}"
+            metrics.storage_error()
             raise StorageError(f"S3 {action} of {target} failed: {detail}") from e
         except BotoCoreError as e:
+            metrics.storage_error()
             raise StorageError(f"S3 {action} of {target} failed: {type(e).__name__}: {e}") from e
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:

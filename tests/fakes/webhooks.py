@@ -5,6 +5,7 @@
         rx.fail_next(2, status=503)     # the next two deliveries answer 503
         rx.hang_next(1, seconds=3)      # the next one answers only after 3 s (past the sender's timeout)
         rx.down(); rx.up()              # stop listening on the port, then listen on it again
+        FakeReceiver(secret, answer=lambda event: {"suggest": "pass"})  # answers with a JSON body
 
 ``delay`` holds every answer that long. Every POST is kept in ``deliveries`` (headers, raw body, parsed JSON, whether its signature
 verified with ``secret``, the status answered). ``accepted`` are those answered 2xx; like a
@@ -46,6 +47,7 @@ class FakeReceiver:
     secret: str
     path: str = "/hooks"
     delay: float = 0.0  # seconds before every answer
+    answer: object = None  # answer(event) -> a JSON object sent back with 200 (the moderation webhook's verdict)
     deliveries: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -160,11 +162,17 @@ class FakeReceiver:
             status = 401
         else:
             status = 200 if known else 204
+        out = b""
+        if 200 <= status < 300 and self.answer is not None:
+            status, out = 200, json.dumps(self.answer(event)).encode()
         with self._lock:
             self.deliveries.append(Delivery(headers, body, event, verified, status, time.monotonic()))
         try:
             h.send_response(status)
-            h.send_header("Content-Length", "0")
+            h.send_header("Content-Length", str(len(out)))
+            if out:
+                h.send_header("Content-Type", "application/json")
             h.end_headers()
+            h.wfile.write(out)
         except OSError:
             pass  # the sender gave up

@@ -1,5 +1,7 @@
-"""A fake WeChat server API on loopback: ``GET /sns/jscode2session``, ``POST /cgi-bin/stable_token`` and
-``POST /cgi-bin/message/subscribe/send`` as WeChat documents them.
+"""A fake WeChat server API on loopback: ``GET /sns/jscode2session``, ``POST /cgi-bin/stable_token``,
+``POST /cgi-bin/message/subscribe/send`` and content security (``POST /wxa/msg_sec_check``,
+``POST /wxa/media_check_async`` with its verdict pushed to the gateway: see ``wechat_moderation``)
+as WeChat documents them.
 
     with FakeWeChat(appid="wx-test", secret="s3cr3t") as wx:
         wx.add_code("code-1", openid="o-alice", unionid="u-alice")
@@ -55,6 +57,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.wechat_moderation import MEDIA_CHECK, SEC_CHECK, ModerationMixin
+
 ERRMSGS = {
     -1: "system error",
     40001: "invalid credential, access_token is invalid or not latest",
@@ -71,6 +75,11 @@ ERRMSGS = {
     40125: "invalid appsecret",
     40163: "code been used",
     40226: "high risk user",
+    40129: "invalid scene",
+    43302: "require POST method",
+    44002: "empty post data",
+    61010: "code is expired",
+    87014: "risky content",
     41008: "missing code",
     45011: "api minute-quota reach limit  mustslower  retry next minute",
 }
@@ -113,7 +122,7 @@ class _Token:
 
 
 @dataclass
-class FakeWeChat:
+class FakeWeChat(ModerationMixin):
     appid: str = "wx-fake-appid"
     secret: str = field(default_factory=lambda: "fake-secret-" + secrets.token_hex(8))
     delay: float = 0.0
@@ -139,6 +148,7 @@ class FakeWeChat:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._init_moderation()
 
     # -- control --------------------------------------------------------------------------------
 
@@ -231,7 +241,8 @@ class FakeWeChat:
         return self
 
     def stop(self) -> None:
-        self._stopping.set()  # wakes delayed answers
+        self._stopping.set()  # wakes delayed answers, media checks and push retries
+        self._stop_moderation()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -262,7 +273,11 @@ class FakeWeChat:
             return
         route = {("GET", "/sns/jscode2session"): self._jscode2session,
                  ("POST", "/cgi-bin/stable_token"): self._stable_token,
-                 ("POST", "/cgi-bin/message/subscribe/send"): self._subscribe_send}.get((h.command, parts.path))
+                 ("POST", "/cgi-bin/message/subscribe/send"): self._subscribe_send,
+                 ("POST", SEC_CHECK): self._msg_sec_check,
+                 ("POST", MEDIA_CHECK): self._media_check_async}.get((h.command, parts.path))
+        if route is None and parts.path in (SEC_CHECK, MEDIA_CHECK):
+            return self._error(h, 43302)
         if route is None:
             return self._send(h, 404, b"<html><body>404 Not Found</body></html>", "text/html")
         outage = self._outage

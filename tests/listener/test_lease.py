@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shared import backends
-from shared.db import utcnow
+from shared.db import execute, utcnow
 from tests.stack import wait_for
 
 URL = "http://comfy.lease.test:8188"
@@ -53,3 +53,39 @@ def test_renewing_our_own_lease_twice_in_a_millisecond_is_not_a_loss(db_conn):
         assert backends.acquire_lease(db_conn, backend_id, "me", 10)
         assert backends.acquire_lease(db_conn, backend_id, "me", 10)
     assert not backends.acquire_lease(db_conn, backend_id, "someone-else", 10)
+
+
+def test_taking_over_drops_the_dead_owners_socket(db_conn, monkeypatch):
+    """The new owner has not connected yet: nothing is sent to the old clientId, /healthz says down."""
+    backend_id = backends.ensure_backend(db_conn, URL)
+    assert backends.acquire_lease(db_conn, backend_id, "a", 0.3)
+    assert backends.set_connected(db_conn, backend_id, "a", "client-of-a")
+    execute(db_conn, "UPDATE backends SET state='active', capabilities_hash='x' WHERE id=%s", (backend_id,))
+    assert [b["client_id"] for b in backends.serving(db_conn, [URL])] == ["client-of-a"]
+    wait_for(lambda: backends.acquire_lease(db_conn, backend_id, "b", 10), 5, "the expired lease was not taken")
+    [seen] = backends.pool_status(db_conn, [URL], default_slots=2, lease_s=10)
+    assert (seen["owner"], seen["listener_connected"], seen["state"]) == ("b", False, "down")
+    assert backends.serving(db_conn, [URL]) == []
+    assert backends.acquire_lease(db_conn, backend_id, "b", 10)  # renewing keeps its own socket
+    assert backends.set_connected(db_conn, backend_id, "b", "client-of-b")
+    assert backends.acquire_lease(db_conn, backend_id, "b", 10)
+    [seen] = backends.pool_status(db_conn, [URL], default_slots=2, lease_s=10)
+    assert (seen["owner"], seen["listener_connected"]) == ("b", True)
+    assert [b["client_id"] for b in backends.serving(db_conn, [URL])] == ["client-of-b"]
+
+
+def test_lease_and_event_ages_are_read_on_the_database_clock(db_conn, monkeypatch):
+    skew(monkeypatch, -3600)  # the host is an hour behind: the ages must not say an hour
+    backend_id = backends.ensure_backend(db_conn, URL)
+    backends.heartbeat(db_conn, backend_id, "gpu-1:42:abcd")
+    assert backends.acquire_lease(db_conn, backend_id, "gpu-1:42:abcd", 10)
+    backends.touch(db_conn, backend_id)
+    [seen] = backends.pool_status(db_conn, [URL], default_slots=2, lease_s=10)
+    assert seen["owner_host"] == "gpu-1"
+    assert 0 <= seen["lease_age_s"] < 2 and 8 < seen["lease_expires_in_s"] <= 10
+    assert 0 <= seen["last_event_age_s"] < 2
+    execute(db_conn, "UPDATE backends SET lease_until=UTC_TIMESTAMP(3) - INTERVAL 1 SECOND WHERE id=%s",
+                     (backend_id,))
+    [seen] = backends.pool_status(db_conn, [URL], default_slots=2, lease_s=10)
+    assert (seen["owner"], seen["owner_host"], seen["lease_age_s"], seen["lease_expires_in_s"]) == (
+        None, None, None, None)

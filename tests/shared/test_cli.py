@@ -41,7 +41,8 @@ def test_usage_export_csv_and_jsonl(make_config, db_conn, tmp_path):
     out = gateway(cfg, "usage", "export", "--until", "2000-01-01T00:00:00Z")
     assert out.returncode == 0 and out.stdout.strip() == ",".join(
         ["id", "job_id", "user_id", "workflow", "status", "images", "megapixels", "steps", "gpu_seconds",
-         "queue_seconds", "backend", "created_at", "finished_at", "provider", "subject", "credits", "price"])
+         "queue_seconds", "backend", "created_at", "finished_at", "provider", "subject", "credits", "price",
+         "moderation"])
 
 
 def test_invalid_configuration_names_the_variable(make_config):

@@ -67,3 +67,35 @@ def test_webhook_secrets_are_checked_at_start(secret, ok):
             Config.from_env(env)
     with pytest.raises(ConfigError, match="WEBHOOK_SECRET: must be set together with WEBHOOK_URL"):
         Config.from_env({"WEBHOOK_URL": "https://hooks.example.com/gw"})
+
+
+@pytest.mark.parametrize("env, error", [
+    ({"MODERATION": "wechat"}, "MODERATION: wechat needs WECHAT_APPID"),
+    ({"MODERATION": "wechat", "WECHAT_APPID": "wx1", "WECHAT_SECRET": "s"}, "WECHAT_PUSH_TOKEN: required"),
+    ({"MODERATION": "wechat", "WECHAT_APPID": "wx1", "WECHAT_SECRET": "s", "WECHAT_PUSH_TOKEN": "t"},
+     "WECHAT_PUSH_AES_KEY: required"),
+    ({"MODERATION_DEADLINE_S": "700000"}, "MODERATION_DEADLINE_S: must be at most"),
+    ({"MODERATION": "wechat", "WECHAT_APPID": "wx1", "WECHAT_SECRET": "s", "WECHAT_PUSH_TOKEN": "t",
+      "WECHAT_PUSH_AES_KEY": "short"}, "WECHAT_PUSH_AES_KEY"),
+    ({"MODERATION": "webhook"}, "MODERATION_WEBHOOK_URL: MODERATION=webhook needs it"),
+    ({"MODERATION": "webhook", "MODERATION_WEBHOOK_URL": "https://mod.example.com/check",
+      "MODERATION_WEBHOOK_SECRET": "short"}, "MODERATION_WEBHOOK_SECRET: must be"),
+    ({"MODERATION": "sometimes"}, "MODERATION: must be none, wechat or webhook"),
+    ({"MODERATION_FAIL": "maybe"}, "MODERATION_FAIL"),
+    ({"MODERATION_SCENE": "5"}, "MODERATION_SCENE: must be at most 4"),
+])
+def test_moderation_settings_are_checked_at_start(env, error):
+    with pytest.raises(ConfigError, match=f"^{re.escape(error)}"):
+        Config.from_env(env)
+
+
+def test_moderation_settings_that_work():
+    from shared.wxpush import new_aes_key
+    cfg = Config.from_env({"MODERATION": "wechat", "WECHAT_APPID": "wx1", "WECHAT_SECRET": "s",
+                           "WECHAT_PUSH_TOKEN": "push-token-value-9", "WECHAT_PUSH_AES_KEY": new_aes_key()})
+    assert (cfg.moderation, cfg.moderation_fail, cfg.moderation_outputs, cfg.moderation_deadline_s) == \
+        ("wechat", "closed", "hold", 1800.0)
+    assert "push-token-value-9" not in repr(cfg) and cfg.wechat_push_aes_key not in repr(cfg)
+    hook = Config.from_env({"MODERATION": "webhook", "MODERATION_WEBHOOK_URL": "https://mod.example.com/check",
+                            "MODERATION_WEBHOOK_SECRET": "x" * 24, "MODERATION_OUTPUTS": "publish"})
+    assert hook.moderation_outputs == "publish"

@@ -109,7 +109,7 @@ def test_usage_filters_and_validation(ctx, db_conn):
     rec = body["records"][0]
     assert set(rec) == {"id", "job_id", "user_id", "workflow", "status", "images", "megapixels", "steps",
                         "gpu_seconds", "queue_seconds", "backend", "created_at", "finished_at",
-                        "provider", "subject", "credits", "price"}
+                        "provider", "subject", "credits", "price", "moderation"}
     assert (rec["provider"], rec["subject"], rec["credits"], rec["price"]) == (None, None, None, None)  # no such user
     assert client.get("/v1/usage?until=2000-01-01T00:00:00Z", headers=headers).get_json()["records"] == []
     for bad in ("after_id=x", "limit=0", "limit=100000", "since=yesterday"):
@@ -321,7 +321,7 @@ def test_the_api_shows_the_billing_fields(ctx, billed):
     assert validate_response("GET", "/v1/usage", 200, body) == []
     by_job = {rec["job_id"]: rec for rec in body["records"]}
     ok, failed, unpriced = (by_job[billed[k]] for k in ("succeeded", "failed", "unpriced"))
-    assert list(ok)[-4:] == ["provider", "subject", "credits", "price"]  # added after the others
+    assert list(ok)[-5:] == ["provider", "subject", "credits", "price", "moderation"]  # added after the others
     assert (ok["provider"], ok["subject"], ok["credits"], ok["price"]) == ("wechat", OPENID, 6.0032, FULL.to_json())
     assert (failed["status"], failed["credits"], failed["images"]) == ("failed", 0.741, 0)
     assert (unpriced["provider"], unpriced["credits"], unpriced["price"]) == ("wechat", None, None)
@@ -338,7 +338,7 @@ def test_the_export_carries_the_billing_fields(make_config, billed, tmp_path):
     out = gateway(cfg, "usage", "export", "--format", "csv")
     assert out.returncode == 0, out.stderr
     header = out.stdout.splitlines()[0].split(",")
-    assert header[-4:] == ["provider", "subject", "credits", "price"]  # new columns last
+    assert header[-5:] == ["provider", "subject", "credits", "price", "moderation"]  # new columns last
     rows = {r["job_id"]: r for r in csv.DictReader(io.StringIO(out.stdout))}
     ok, failed, unpriced = (rows[billed[k]] for k in ("succeeded", "failed", "unpriced"))
     assert (ok["provider"], ok["subject"], ok["credits"]) == ("wechat", OPENID, "6.0032")
@@ -353,3 +353,22 @@ def test_the_export_carries_the_billing_fields(make_config, billed, tmp_path):
     assert {k: lines[billed["succeeded"]][k] for k in ("provider", "subject", "credits", "price")} == \
         {"provider": "wechat", "subject": OPENID, "credits": 6.0032, "price": FULL.to_json()}
     assert (lines[billed["unpriced"]]["credits"], lines[billed["unpriced"]]["price"]) == (None, None)
+
+
+def test_jobs_finished_is_counted_where_the_record_is_written_once(db_conn, wechat_user, workflows_dir):
+    """The listener's backfill calls write_usage without close_job: it counts too, and only once."""
+    from prometheus_client import REGISTRY
+
+    from shared import metrics
+    metrics.enable()
+
+    def finished(outcome):
+        return REGISTRY.get_sample_value("gateway_jobs_finished_total",
+                                         {"workflow": "priced", "outcome": outcome}) or 0.0
+    before = {o: finished(o) for o in ("succeeded", "failed")}
+    done, failed = final_job(db_conn, wechat_user, "succeeded"), final_job(db_conn, wechat_user, "failed")
+    for _ in range(2):
+        write_usage(db_conn, done, "http://b", workflows_dir=str(workflows_dir))
+        write_usage(db_conn, failed, "http://b", workflows_dir=str(workflows_dir))
+    assert finished("succeeded") == before["succeeded"] + 1
+    assert finished("failed") == before["failed"] + 1

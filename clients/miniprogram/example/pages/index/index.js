@@ -16,6 +16,7 @@ function explain(err) {
     case 'invalid_params': return 'Check the settings: ' + err.message;
     case 'invalid_upload':
     case 'payload_too_large': return 'This picture cannot be used: ' + err.message;
+    case 'content_rejected': return 'The content check refused this. Change the prompt and try again.';
     default: return err.message;
   }
 }
