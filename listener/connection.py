@@ -350,7 +350,7 @@ class Listener:
         self.outbox = OutboxSender(ctx, self.stop_event)  # webhooks (listener/outbox_sender.py)
         self.pushes = SubscribeSender(ctx, self.stop_event)  # WeChat subscribe messages (the same module)
         self.moderation = ModerationSender(ctx, self.stop_event)  # image verdicts (listener/moderation_sender.py)
-        # `gateway cleanup` every hour when a RETENTION_* setting is set (shared/retention.py)
+        # `gateway cleanup` every hour when a RETENTION_* setting is set (shared/retention/)
         self.cleanup = retention.Hourly(ctx, self.stop_event) if retention.scheduled(ctx.config) else None
 
     def start(self) -> None:

@@ -10,7 +10,7 @@
                                     usage records for billing jobs that read files
     gateway backends list|drain|resume|refresh|slots   the pool of ComfyUI servers (shared/pool/admin.py)
     gateway webhooks replay --since T [--until T]      send again the webhook events written in a window
-    gateway cleanup [--dry-run] [--batch N]            delete previews, old uploads and expired jobs (shared/retention.py)
+    gateway cleanup [--dry-run] [--batch N]            delete previews, old uploads and expired jobs (shared/retention/)
     gateway check                   pre-flight of a deployment, one line per item (shared/preflight.py)
     gateway jobs show|cancel ID, gateway users show|limits ...   support commands (shared/support.py)
 """

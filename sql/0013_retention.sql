@@ -1,4 +1,4 @@
--- Retention (`gateway cleanup`, shared/retention.py): the indexes its batches read by, so an hourly run
+-- Retention (`gateway cleanup`, shared/retention/): the indexes its batches read by, so an hourly run
 -- costs the rows it deletes, not a scan of every job, upload or event ever kept.
 --
 -- ix_jobs_finished: final jobs by finish time (RETENTION_DAYS), one status at a time.

@@ -1,4 +1,4 @@
-"""Retention (`gateway cleanup`, shared/retention.py) against the real database and real stores.
+"""Retention (`gateway cleanup`, shared/retention/) against the real database and real stores.
 
 Every test builds jobs and uploads with their objects, runs a cleanup and reads the store and the
 tables back: what is due is gone, everything else (active jobs, young uploads, usage records,

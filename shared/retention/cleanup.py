@@ -1,23 +1,4 @@
-"""Retention: delete what the gateway no longer needs, in batches, safe to interrupt and to run again.
-
-    gateway cleanup [--dry-run] [--batch N]
-
-Three kinds, each its own pass (``Policy`` says which run, from the RETENTION_* settings):
-
-* **previews**: a job's live preview (``jobs.preview_key``, ``users/<u>/jobs/<job>/preview.<ext>``)
-  once the job is final. Apps are shown a preview only while the job runs.
-* **uploads**: input images apps uploaded (``uploads`` rows, ``users/<u>/uploads/<id>.<ext>``) older
-  than RETENTION_UPLOADS_HOURS and past their usable day by UPLOAD_GRACE_S. Nothing reads them then:
-  a job keeps its own copy of its inputs under the job, and a submit refuses an expired upload (the
-  grace covers a submit that checked one just before it expired and is still reading it).
-* **jobs** (``outputs/jobs``): final jobs that finished more than RETENTION_DAYS ago: their output
-  images, input copies and preview, then their ``job_outputs`` rows, their sent or given-up ``outbox``
-  rows and the job row. An event still waiting to be sent keeps its row (its payload is
-  self-contained; the sender prunes it once sent). **Usage records are never deleted**: no foreign
-  key ties them, or anything else, to a job row (tests/test_retention.py checks the schema for one).
-
-Only final jobs (succeeded, failed, cancelled) are ever read: submitting, queued, running, checking
-and any state added later are not final and never touched.
+"""The cleanup walk: ``run`` deletes what a ``Policy`` says is due, batch by batch, under the named lock.
 
 Every batch selects its rows, deletes their objects (a missing object is fine), then deletes (or,
 for previews, clears) the rows whose objects all went, in one statement or transaction. Interrupted
@@ -28,36 +9,28 @@ deleted as usual; after STORE_FAILING_AFTER consecutive errors the store is take
 the rest of the batch is kept untouched. The run goes on with the next batch, reports the rows kept and
 ``gateway cleanup`` exits 1; they are selected again next time. Batches walk each kind in index order
 with a cursor, so a dry run (or a row kept after an error) never reads the same rows twice in a run.
-
-One run at a time across processes (listeners and the command): a MySQL named lock per database. The
-listener runs one every INTERVAL_S when any RETENTION_* setting is set (``Hourly``), and skips its
-turn while another process holds the lock.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shared.db import execute, query, query_one, utcnow
-from shared.errors import DatabaseUnavailableError
 from shared.jobs import FINAL
 from shared.storage.base import StorageError
 
-log = logging.getLogger(__name__)
+# The package's logger, as before it was split: one name for every line about a cleanup.
+log = logging.getLogger("shared.retention")
 
 BATCH = 500
 MAX_BATCH = 10_000
 UPLOADS_HOURS = 24        # RETENTION_UPLOADS_HOURS unset (an upload is usable for a day)
 UPLOAD_GRACE_S = 600      # an upload is deleted this long after it stopped being usable, at the earliest
-INTERVAL_S = 3600.0       # the listener's cleanups
-FIRST_DELAY_S = 60.0      # the listener's first one comes this long after it starts
-LOCK_WAIT_S = 5           # `gateway cleanup` waits this long for a run of another process
 STORE_FAILING_AFTER = 3   # consecutive storage errors: the store is failing, the rest of the batch waits
 # What listener/finalize.py's preview_key() can name: a preview stored as its job ended may never have
 # been recorded on the row, so a deleted job's folder is cleared of each of them.
@@ -82,12 +55,6 @@ class Policy:
         return cls(previews=cfg.retention_previews is not False,
                    uploads_hours=UPLOADS_HOURS if hours is None else (hours or None),
                    days=cfg.retention_days or None)
-
-
-def scheduled(cfg) -> bool:
-    """Whether the listener cleans up every hour: some RETENTION_* setting is set (0 included)."""
-    return any(v is not None for v in (cfg.retention_days, cfg.retention_uploads_hours, cfg.retention_previews))
-
 
 @dataclass
 class Tally:
@@ -345,95 +312,3 @@ def _job_keys(row: dict) -> list[str]:
     folder = f"users/{row['user_id']}/jobs/{row['id']}/preview"
     return keys + [folder + ext for ext in PREVIEW_EXTENSIONS]
 
-
-# -- the listener's thread ------------------------------------------------------------------------
-
-class Hourly:
-    """The listener's cleanups: one every ``interval_s`` (the first ``first_delay_s`` after start), with the
-    settings' policy; a turn another process is taking is skipped. Start it only when ``scheduled``."""
-
-    def __init__(self, ctx, stopping: threading.Event, *, interval_s: float = INTERVAL_S,
-                 first_delay_s: float = FIRST_DELAY_S):
-        self.ctx = ctx
-        self.stopping = stopping
-        self.interval_s = interval_s
-        self.first_delay_s = first_delay_s
-        self.reports: list[Report] = []
-        self.thread = threading.Thread(target=self.run, name="retention cleanup", daemon=True)
-
-    def start(self) -> "Hourly":
-        self.thread.start()
-        return self
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
-
-    def run(self) -> None:
-        delay = self.first_delay_s
-        while not self.stopping.wait(delay):
-            delay = self.interval_s
-            try:
-                report = run(self.ctx.db, self.ctx.store, Policy.from_config(self.ctx.config), stopping=self.stopping)
-                self.reports.append(report)
-            except DatabaseUnavailableError:
-                log.warning("cleanup: database unavailable; the next one retries")
-            except Exception:
-                log.exception("cleanup: unexpected error; the next one retries")
-
-
-# -- `gateway cleanup` ----------------------------------------------------------------------------
-
-def _batch(value: str) -> int:
-    import argparse
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_BATCH}")
-    return n
-
-
-def cmd_cleanup(cfg, args) -> int:
-    """Print one line per kind; exit 0 when everything due is gone, 1 when some rows had to be kept."""
-    from shared.config import ConfigError
-    from shared.db import Database
-    from shared.storage import open_store
-    if cfg.database_url is None:
-        sys.exit("gateway: configuration error: DATABASE_URL: must be set for `gateway cleanup`")
-    try:
-        store = open_store(cfg)
-    except ConfigError as e:
-        sys.exit(f"gateway: configuration error: {e}")
-    db = Database(cfg.database_url)
-    try:
-        report = run(db, store, Policy.from_config(cfg), batch=args.batch, dry_run=args.dry_run,
-                     lock_wait_s=LOCK_WAIT_S)
-    except DatabaseUnavailableError:
-        print("gateway cleanup: the database is unavailable; nothing more was done (run it again)", file=sys.stderr)
-        return 1
-    finally:
-        db.close()
-    if report.busy:
-        print("gateway cleanup: another cleanup is running (a listener's, or another `gateway cleanup`); "
-              "nothing done", file=sys.stderr)
-        return 1
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
-
-
-def add_parser(sub, config, setup_logging=None) -> None:
-    """Register `gateway cleanup`; ``config()`` builds the Config when it runs, ``setup_logging(cfg)`` sets up
-    the command's logging."""
-    p = sub.add_parser("cleanup", help="delete finished jobs' previews, old uploads and (RETENTION_DAYS) old jobs")
-    p.add_argument("--dry-run", action="store_true", help="count what would be deleted; change nothing")
-    p.add_argument("--batch", type=_batch, default=BATCH, help=f"rows per batch (default {BATCH})")
-
-    def cmd(args) -> int:
-        cfg = config()
-        if setup_logging is not None:
-            setup_logging(cfg)
-        return cmd_cleanup(cfg, args)
-    p.set_defaults(func=cmd)
