@@ -299,17 +299,24 @@ def test_the_webhook_answers_both_questions(harness_factory, fake, api):
 
 # -- what WeChat refuses or loses ------------------------------------------------------------------
 
+def checking_job(h, job_id: str, trace_id: str, suggest: str, label: int) -> None:
+    """A job whose one image waits for its verdict, and that verdict already pushed (kept by trace_id)."""
+    from shared.moderation import outputs
+    h.sql("INSERT INTO jobs (id, user_id, workflow, params, prompt, status, moderation, created_at, updated_at) "
+          "VALUES (%s, %s, 'txt2img', '{}', '{}', 'checking', 'pending', UTC_TIMESTAMP(3), UTC_TIMESTAMP(3))",
+          (job_id, h.user))
+    with h.ctx.db.transaction() as conn:
+        outputs.begin(conn, job_id, [f"users/x/jobs/{job_id}/9_0.png"], 60)
+        outputs.store_verdict(conn, trace_id, suggest, label)
+
+
 def test_a_verdict_pushed_before_its_trace_id_was_stored_is_kept(moderated, wx):
     """WeChat may push faster than the listener commits the trace_id it answered: the verdict waits."""
     from shared.moderation import outputs
     h = moderated(start=False)
     job_id = "00000000-0000-4000-8000-00000000abcd"
-    h.sql("INSERT INTO jobs (id, user_id, workflow, params, prompt, status, moderation, created_at, updated_at) "
-          "VALUES (%s, %s, 'txt2img', '{}', '{}', 'checking', 'pending', UTC_TIMESTAMP(3), UTC_TIMESTAMP(3))",
-          (job_id, h.user))
+    checking_job(h, job_id, "trace-early", "pass", 100)  # the push, first
     with h.ctx.db.transaction() as conn:
-        outputs.begin(conn, job_id, ["users/x/jobs/y/9_0.png"], 60)
-        outputs.store_verdict(conn, "trace-early", "pass", 100)      # the push, first
         assert outputs.apply_verdict(conn, "trace-early") is None  # no check has this trace_id yet
     h.sql("UPDATE moderation_checks SET state='sent', trace_id='trace-early' WHERE job_id=%s", (job_id,))
     with h.ctx.db.transaction() as conn:
@@ -368,15 +375,9 @@ def test_checks_left_open_when_moderation_is_turned_off_are_closed(moderated, wx
 def test_a_stored_verdict_is_applied_by_the_sweep(moderated, wx):
     """The listener died after storing the trace_id and before applying a verdict already pushed."""
     from listener.moderation_sender import ModerationSender
-    from shared.moderation import outputs
     h = moderated(start=False)
     job_id = "00000000-0000-4000-8000-00000000beef"
-    h.sql("INSERT INTO jobs (id, user_id, workflow, params, prompt, status, moderation, created_at, updated_at) "
-          "VALUES (%s, %s, 'txt2img', '{}', '{}', 'checking', 'pending', UTC_TIMESTAMP(3), UTC_TIMESTAMP(3))",
-          (job_id, h.user))
-    with h.ctx.db.transaction() as conn:
-        outputs.begin(conn, job_id, ["users/x/jobs/z/9_0.png"], 60)
-        outputs.store_verdict(conn, "trace-stranded", "risky", 20002)
+    checking_job(h, job_id, "trace-stranded", "risky", 20002)
     h.sql("UPDATE moderation_checks SET state='sent', trace_id='trace-stranded' WHERE job_id=%s", (job_id,))
     ModerationSender(h.ctx).sweep()
     job = h.job(job_id)
