@@ -120,14 +120,16 @@ def test_first_logins_racing_make_one_user(wx_ctx, wx):
     codes = [f"race-{i}" for i in range(6)]
     for code in codes:
         wx.add_code(code, openid="openid-racer")
-    ids, barrier = [], threading.Barrier(len(codes))
+    ids, barrier = [], threading.Barrier(len(codes), timeout=30)
+    # The apps are built first, one after the other: building Flask's URL map compiles code, and
+    # CPython 3.11's compiler is not safe to run from several threads at once (gh-106905).
+    clients = [create_app(lambda: wx_ctx).test_client() for _ in codes]
 
-    def one(code):
-        c = create_app(lambda: wx_ctx).test_client()
+    def one(code, c):
         barrier.wait()
         r = login(c, code)
         ids.append((r.status_code, r.get_json()["user"]["id"]))
-    threads = [threading.Thread(target=one, args=(code,)) for code in codes]
+    threads = [threading.Thread(target=one, args=(code, c)) for code, c in zip(codes, clients)]
     for t in threads:
         t.start()
     for t in threads:
