@@ -292,7 +292,7 @@ def bench_slow(args, env, active, tmp) -> list[str]:
     modes = [("this tree, gevent (default)", ROOT, ()), ("this tree, --worker-class gthread", ROOT,
                                                           ("--worker-class", "gthread"))]
     if args.baseline:
-        modes.append((f"baseline {args.baseline} (gthread)", args.baseline_tree, ()))
+        modes.append((f"baseline {args.baseline} (its default worker)", args.baseline_tree, ()))
     lines = [f"| server ({args.slow} slow connections held open) | polls | p50 ms | p99 ms | max ms | failed |",
              "| --- | --- | --- | --- | --- | --- |"]
     for label, tree, extra in modes:
