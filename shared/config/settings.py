@@ -60,7 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
             "The mini-program's AppSecret (never logged, never returned)."),
     Setting("WECHAT_TIMEOUT", "wechat_timeout", _float(0.1), 5.0,
             "Seconds for each call to WeChat's server API (connect and read): jscode2session (past it the login "
-            "answers 503), stable_token, subscribe messages."),
+            "answers 503), stable_token, subscribe messages, content checks; and for each call to "
+            "MODERATION_WEBHOOK_URL."),
     Setting("WECHAT_SUBSCRIBE_TEMPLATE_ID", "wechat_subscribe_template_id", _str, None,
             "The subscribe message template (from the mini-program's admin console) pushed when a job submitted "
             "with notify: true is final; needs WECHAT_APPID, WECHAT_SECRET and WECHAT_SUBSCRIBE_DATA. Unset: no "
