@@ -382,3 +382,47 @@ def test_a_stored_verdict_is_applied_by_the_sweep(moderated, wx):
     ModerationSender(h.ctx).sweep()
     job = h.job(job_id)
     assert (job["status"], job["error_code"], job["moderation"]) == ("failed", "content_rejected", "rejected")
+
+
+def test_verdicts_still_settle_jobs_after_the_listener_is_killed(make_config, fake, wx, api, db_conn, tmp_path):
+    """The verdict goes to the API, not to the listener: a listener killed with -9 while its jobs wait
+    for theirs loses nothing, and nothing is asked twice."""
+    from shared.context import Context
+    from shared.db import connect, query
+    from tests.listener.conftest import FAST
+    from tests.stack import Process, config_env
+    moderation = {"MODERATION": "wechat", "WECHAT_API_BASE": wx.url, "WECHAT_APPID": wx.appid,
+                  "WECHAT_SECRET": wx.secret, "WECHAT_TIMEOUT": "1", "WECHAT_PUSH_TOKEN": TOKEN,
+                  "WECHAT_PUSH_AES_KEY": AES_KEY}
+    cfg = make_config(COMFYUI_URLS=fake.base_url, PUBLIC_BASE_URL=api.url, **moderation, **FAST)
+    api.ctx = ctx = Context(cfg)
+    wx.configure_push(api.url + PUSH, token=TOKEN, aes_key=AES_KEY, appid=wx.appid)
+    gate = threading.Event()
+    wx.image_judge = lambda url, data: gate.wait(30) and "pass"  # verdicts held back until the kill
+    with ctx.db.connection() as conn:
+        user = get_or_create_user(conn, provider="wechat", subject=OPENID)
+    listener = Process(["listen"], {**config_env(cfg), **moderation}, tmp_path / "listener.log").start()
+    conn = connect(cfg.database_url)
+
+    def rows(sql, args=()):
+        conn.commit()
+        return query(conn, sql, args)
+    try:
+        wait_for(lambda: rows("SELECT connected FROM backends WHERE url=%s", (fake.base_url,)) == [{"connected": 1}],
+                 30, f"listener not connected: {listener.log()}")
+        job_ids = [submit(ctx, user, txt2img(seed=i, prompt="a cat"))[1]["id"] for i in range(3)]
+        wait_for(lambda: len(rows("SELECT id FROM moderation_checks WHERE state='sent'")) >= 3
+                 and not rows("SELECT id FROM moderation_checks WHERE state='pending'")
+                 and not rows("SELECT id FROM jobs WHERE status NOT IN ('checking')"), 30,
+                 f"not all waiting for a verdict: {rows('SELECT id, status FROM jobs')}")
+        listener.kill()  # SIGKILL, no listener from here on
+        gate.set()
+        wait_for(lambda: {r["status"] for r in rows("SELECT status FROM jobs")} == {"succeeded"}, 30,
+                 f"jobs not settled without a listener: {rows('SELECT id, status, moderation FROM jobs')}")
+        assert {r["moderation"] for r in rows("SELECT moderation FROM jobs")} == {"passed"}
+        assert sorted(r["job_id"] for r in rows("SELECT job_id FROM usage_records")) == sorted(job_ids)
+        images = rows("SELECT COUNT(*) AS n FROM job_outputs")[0]["n"]
+        assert len(wx.media_check_requests()) == images  # each image asked once
+    finally:
+        listener.stop()  # already dead: closes its log
+        conn.close()
