@@ -206,14 +206,14 @@ def _timing(entry: dict) -> tuple[float, float]:
 
 
 def _succeed(ctx, conn, job: dict, records: list[dict], *, on: int | None, checked: bool, gpu: float,
-             queue: float) -> bool:
+             queue: float, ended: float | None) -> bool:
     """Record a successful run and its images: the job succeeds, or (``checked``) waits for the content
     check (hold) or succeeds with its verdict pending (publish). False if another final state won."""
     if not checked:
         changed = jobs.mark_succeeded(conn, job["id"], on=on)
     else:
         mode = outputs.hold if ctx.config.moderation_outputs == "hold" else outputs.publish
-        changed = mode(conn, job["id"], on=on, gpu_seconds=gpu, queue_seconds=queue)
+        changed = mode(conn, job["id"], on=on, gpu_seconds=gpu, queue_seconds=queue, ended_at=ended)
     if changed:
         jobs.record_run_time(conn, job["workflow"], gpu)
         for r in records:
@@ -287,7 +287,8 @@ def finalize(ctx, job_id: str, *, comfy, backend_url: str, entry: dict | None = 
         checked = moderation.enabled(ctx.config) and bool(records)
         with ctx.db.transaction() as conn:
             # Only the call that wins the state change records outputs (a cancel may have won).
-            changed = _succeed(ctx, conn, job, records, on=backend_id, checked=checked, gpu=gpu, queue=queue)
+            changed = _succeed(ctx, conn, job, records, on=backend_id, checked=checked, gpu=gpu, queue=queue,
+                               ended=_ended_at(entry))
             if not (changed and checked):
                 # the events of whichever final state won, once
                 close_job(conn, job_id, backend_url, gpu_seconds=gpu, queue_seconds=queue)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 
-from shared import jobs, outbox
+from shared import jobs, metrics, outbox
 from shared.db import execute, query, query_one, utcnow
 from shared.moderation import PASSED, PENDING, REJECTED, REVIEW, UNCHECKED
 from shared.usage import close_job
@@ -41,18 +41,22 @@ def begin(conn, job_id: str, keys: list[str], deadline_s: float) -> None:
                 (job_id, key, int(deadline_s * 1e6)))
 
 
-def hold(conn, job_id: str, *, on: int | None, gpu_seconds: float, queue_seconds: float) -> bool:
-    """A job whose run succeeded waits for its images' verdict (hold): running → checking, at 100%."""
+def hold(conn, job_id: str, *, on: int | None, gpu_seconds: float, queue_seconds: float,
+         ended_at: float | None = None) -> bool:
+    """A job whose run succeeded waits for its images' verdict (hold): running → checking, at 100%.
+    ``ended_at``: ComfyUI's end of the run (epoch seconds), for the completion latency at the verdict."""
     now = utcnow()
     return execute(conn, f"""UPDATE jobs SET status='checking', moderation='pending', progress_percent=100,
                              progress_node=NULL, progress_title=NULL, progress_value=0, progress_max=0,
-                             gpu_seconds=%s, queue_seconds=%s, version=version+1, updated_at=%s
+                             gpu_seconds=%s, queue_seconds=%s, run_ended_at=%s, version=version+1, updated_at=%s
                              WHERE id=%s AND status IN ('submitting','queued','running') {jobs._HELD_BY}""",
-                   (gpu_seconds, queue_seconds, now, job_id, on, on)) == 1
+                   (gpu_seconds, queue_seconds, ended_at, now, job_id, on, on)) == 1
 
 
-def publish(conn, job_id: str, *, on: int | None, gpu_seconds: float, queue_seconds: float) -> bool:
-    """A job whose run succeeded is shown at once (publish); its verdict is pending."""
+def publish(conn, job_id: str, *, on: int | None, gpu_seconds: float, queue_seconds: float,
+            ended_at: float | None = None) -> bool:
+    """A job whose run succeeded is shown at once (publish); its verdict is pending. (``ended_at`` is not
+    kept: the job is visible now, and finalize observes its completion latency.)"""
     if not jobs.mark_succeeded(conn, job_id, on=on):
         return False
     execute(conn, "UPDATE jobs SET moderation='pending', gpu_seconds=%s, queue_seconds=%s WHERE id=%s",
@@ -141,7 +145,8 @@ def verdict(checks: list[dict], fail: str) -> tuple[str, str] | None:
 def settle(ctx, job_id: str) -> str | None:
     """Apply the job's verdict if it is known; return it (None: not yet, or someone else did)."""
     with ctx.db.transaction() as conn:
-        job = query_one(conn, "SELECT id, status, moderation, backend_id FROM jobs WHERE id=%s FOR UPDATE", (job_id,))
+        job = query_one(conn, "SELECT id, status, moderation, backend_id, run_ended_at FROM jobs WHERE id=%s "
+                              "FOR UPDATE", (job_id,))
         if job is None or job["moderation"] != PENDING:
             return None
         checks = query(conn, "SELECT id, state, suggest, last_error FROM moderation_checks WHERE job_id=%s", (job_id,))
@@ -175,6 +180,8 @@ def settle(ctx, job_id: str) -> str | None:
         log.info("job %s: content check %s", job_id, outcome)
     if outcome == REJECTED:
         withdraw(ctx, job_id)
+    elif job["status"] == "checking":  # held until now: its images become visible here
+        metrics.completed(job["run_ended_at"])
     return outcome
 
 

@@ -138,7 +138,14 @@ def test_a_wechat_outage_at_submit_follows_the_policy(moderated, wx):
     assert submit(h.ctx, h.user, txt2img(prompt="a cat"))[0] == 202
 
 
+def completions() -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("gateway_completion_latency_seconds_count") or 0.0
+
+
 def test_hold_a_passed_image_succeeds_after_its_verdict(moderated, wx):
+    from shared import metrics
+    metrics.enable()
     h = moderated()
     wx.push_delay = 0.5
     job_id = h.submit(txt2img(prompt="a cat"))
@@ -150,7 +157,9 @@ def test_hold_a_passed_image_succeeds_after_its_verdict(moderated, wx):
     assert shown["status"] == "running" and shown["progress"]["node_title"] == "content_check"
     assert shown["progress"]["percent"] == 100.0 and shown["preview_url"] is None
     assert result(h, job_id).status_code == 409  # nothing reachable yet
+    observed = completions()  # held: its completion (ComfyUI's end → images visible) is not over yet
     job = h.wait_final(job_id)
+    assert completions() == observed + 1 and job["run_ended_at"] > 0
     assert job["status"] == "succeeded" and job["moderation"] == "passed"
     fetched = wx.media_fetches
     assert fetched and all(f["status"] == 200 and f["length"] > 0 for f in fetched)  # the signed URL works
