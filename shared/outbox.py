@@ -88,11 +88,7 @@ def job_withdrawn(conn, job_id: str) -> None:
     (MODERATION_OUTPUTS=publish) and deleted; receivers that kept them drop them."""
     from shared import jobs
     row = jobs.get_row(conn, job_id)
-    data = jobs.job_object(row)
-    data.update({"user_id": row["user_id"], "moderation": row["moderation"],
-                 "images": [{"key": o["object_key"], "node_id": o["node_id"], "index": o["idx"]}
-                            for o in jobs.list_outputs(conn, job_id)]})
-    add_event(conn, JOB_WITHDRAWN, job_id, data)
+    add_event(conn, JOB_WITHDRAWN, job_id, {**job_payload(conn, row), "moderation": row["moderation"]})
 
 
 def _subscribe_event(conn, row: dict) -> None:

@@ -110,30 +110,48 @@ def verify(secret: str | bytes, received: Mapping[str, str], body: bytes | str, 
 class WebhookClient:
     """POSTs signed events to one endpoint through the session it is given."""
 
-    def __init__(self, session: requests.Session, url: str, secret: str, *, timeout: float = 10.0):
+    def __init__(self, session: requests.Session, url: str, secret: str, *, timeout: float = 10.0,
+                 agent: str = "comfy-gateway-webhooks"):
         self.session = session
         self.url = url
         self._key = secret_key(secret)  # checked here, once: a bad secret stops the sender, not each send
         self.timeout = timeout
+        self.agent = agent
 
     def __repr__(self) -> str:  # never show the secret (nor the URL, which may hold a token)
         return "WebhookClient(...)"
 
     def deliver(self, event_id: str, body: bytes, *, now: float | None = None) -> int:
         """POST one event; return the 2xx status, or raise a WebhookError."""
+        return self.post(event_id, body, now=now)[0]
+
+    def post(self, event_id: str, body: bytes, *, now: float | None = None, answer_bytes: int = 0) -> tuple[int, bytes]:
+        """POST one signed body; return the 2xx status and the first ``answer_bytes`` (+1, so that a
+        longer answer can be told) of the answer, or raise a WebhookError."""
         import requests
 
         sent = {**headers(self._key, event_id, body, now=now), "Content-Type": "application/json",
-                "User-Agent": "comfy-gateway-webhooks"}
+                "User-Agent": self.agent}
+        failure = None
         try:
             response = self.session.post(self.url, data=body, headers=sent, timeout=self.timeout,
-                                         allow_redirects=False)  # a redirect is not a delivery
+                                         allow_redirects=False,  # a redirect is not a delivery
+                                         stream=bool(answer_bytes))  # else read whole: the connection is reused
         except requests.Timeout:
-            raise WebhookUnavailableError(f"no answer within {self.timeout:g}s") from None
+            failure = f"no answer within {self.timeout:g}s"
         except requests.RequestException as e:
             # The exception's text names the URL: keep only its kind.
-            raise WebhookUnavailableError(f"no connection ({type(e).__name__})") from None
-        response.close()
+            failure = f"no connection ({type(e).__name__})"
+        if failure:
+            raise WebhookUnavailableError(failure)
+        try:
+            answer = response.raw.read(answer_bytes + 1, decode_content=True) if answer_bytes else b""
+        except Exception as e:
+            failure = f"answer cut short ({type(e).__name__})"
+        finally:
+            response.close()
+        if failure:
+            raise WebhookUnavailableError(failure)
         if not 200 <= response.status_code < 300:
             raise WebhookRejectedError(response.status_code)
-        return response.status_code
+        return response.status_code, answer

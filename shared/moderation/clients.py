@@ -106,44 +106,22 @@ class WeChatChecks:
 
 
 class WebhookChecks:
-    """The operator's moderation endpoint: every question answered in the response."""
+    """The operator's moderation endpoint: every question answered in the response (shared/webhooks.py posts it)."""
 
     def __init__(self, session, url: str, secret: str, *, timeout: float):
-        self.session = session
-        self.url = url
-        self._key = webhooks.secret_key(secret)
-        self.timeout = timeout
+        self.client = webhooks.WebhookClient(session, url, secret, timeout=timeout, agent="comfy-gateway-moderation")
 
     def __repr__(self) -> str:  # neither the secret nor the URL (it may hold a token)
         return "WebhookChecks(...)"
 
     def ask(self, kind: str, data: dict, *, event_id: str | None = None) -> str:
         """POST one question; return the suggest. ``event_id``: the webhook-id, the same on every retry."""
-        import requests
-
-        event_id = event_id or "mod_" + uuid.uuid4().hex
         body = json.dumps({"type": kind, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "data": data}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        headers = {**webhooks.headers(self._key, event_id, body), "Content-Type": "application/json",
-                   "User-Agent": "comfy-gateway-moderation"}
-        failure = None
         try:
-            response = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout,
-                                         allow_redirects=False, stream=True)
-        except requests.RequestException as e:  # its text names the URL: keep only its kind
-            failure = f"{kind}: no answer ({type(e).__name__})"
-        if failure:
-            raise Unanswered(failure, retry=True)
-        try:
-            raw = response.raw.read(MAX_ANSWER + 1, decode_content=True)
-        except Exception as e:
-            failure = f"{kind}: answer cut short ({type(e).__name__})"
-        finally:
-            response.close()
-        if failure:
-            raise Unanswered(failure, retry=True)
-        if not 200 <= response.status_code < 300:
-            raise Unanswered(f"{kind}: HTTP {response.status_code}", retry=True)
+            _, raw = self.client.post(event_id or "mod_" + uuid.uuid4().hex, body, answer_bytes=MAX_ANSWER)
+        except webhooks.WebhookError as e:
+            raise Unanswered(f"{kind}: {e}", retry=True) from None
         try:
             answer = json.loads(raw) if len(raw) <= MAX_ANSWER else None
         except ValueError:

@@ -168,8 +168,7 @@ def settle(ctx, job_id: str) -> str | None:
             if job["status"] == "succeeded":  # published: its job.succeeded went out, say the images are gone
                 outbox.job_withdrawn(conn, job_id)
         else:
-            execute(conn, "UPDATE moderation_checks SET state='done' WHERE job_id=%s AND state IN ('pending','sent')",
-                    (job_id,))
+            _close_checks(conn, job_id)
         backend = query_one(conn, "SELECT url FROM backends WHERE id=%s", (job["backend_id"],)) \
             if job["backend_id"] else None
         close_job(conn, job_id, backend["url"] if backend else "")
@@ -220,6 +219,11 @@ def cancel_checking(conn, job_id: str) -> bool:
                                version=version+1, updated_at=%s WHERE id=%s AND status='checking'""",
                       (now, now, job_id)) == 1
     if changed:
-        execute(conn, "UPDATE moderation_checks SET state='done' WHERE job_id=%s AND state IN ('pending','sent')",
-                (job_id,))
+        _close_checks(conn, job_id)
     return changed
+
+
+def _close_checks(conn, job_id: str) -> None:
+    """A job's checks still open are not needed any more (its verdict is known, or it ended)."""
+    execute(conn, "UPDATE moderation_checks SET state='done' WHERE job_id=%s AND state IN ('pending','sent')",
+            (job_id,))
